@@ -1,0 +1,294 @@
+"""Configuration: frozen dataclasses, one per concern, loaded from YAML.
+
+Unknown keys are rejected with the list of known ones, values are type-checked, and
+``section.key=value`` overrides (values parsed as YAML) apply on top of a file::
+
+    cfg = load_config("workflows/configs/demo.yaml", ["train.epochs=5", "model.fusion=audio"])
+    save_config(cfg, run_dir / "config.yaml")   # the resolved config, beside every run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FeaturesConfig",
+    "ModelConfig",
+    "ServeConfig",
+    "SynthConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The generated audio-visual benchmark (used when ``data.path`` is empty)."""
+
+    clips_per_class: int = 8
+    seconds: float = 4.0
+    seed: int = 0
+    fps: int = 12
+    degrade_fraction: float = 0.3
+    no_audio_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the videos are. ``path`` empty means: generate the benchmark under ``output_dir``."""
+
+    path: str = ""
+    format: str = "auto"  # auto | folders | csv | xd-violence
+    annotations: str | None = None  # XD-Violence test annotations file
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Feature extraction (Ray Data). Backbone fields override the preset's when set."""
+
+    preset: str = "tiny"  # tiny | paper | full-random
+    audio_backbone: str | None = None  # HF model id or local dir
+    visual_backbone: str | None = None  # timm model name
+    visual_weights: str | None = None  # "pretrained", a checkpoint path, or "random"
+    segment_seconds: float | None = None
+    segment_frames: int | None = None  # XD-Violence: 16
+    frames_per_segment: int | None = None
+    workers: int = 1  # encoder actors
+    gpus_per_worker: float = 0.0
+    decode_workers: int = 1  # concurrent decode tasks
+    batch_size: int = 4  # chunks per encoder call
+    chunk_segments: int = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: a registered model name, fusion mode and overrides of its defaults."""
+
+    name: str = "avarnet_tiny"  # avarnet_tiny | avarnet_base
+    fusion: str = "early"  # early | late | audio | visual
+    num_stages: int | None = None
+    num_layers: int | None = None
+    num_filters: int | None = None
+    dropout: float | None = None
+    pooling: str | None = None  # mean | topk
+    modality_dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (Ray Train)."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    smoothing_weight: float = 0.15
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    max_failures: int = 1
+    max_segments: int = 512  # longer clips are cut to this many steps for training
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search (Ray Tune)."""
+
+    trials: int = 8
+    max_concurrent: int = 1
+    time_budget_s: float | None = None
+    grace_period: int = 2
+    reduction_factor: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. ``tracking_uri`` empty: ``MLFLOW_TRACKING_URI`` or a sqlite store in ``output_dir``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "avarnet"
+    registered_model: str = "avarnet"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Online scoring (Ray Serve)."""
+
+    model_uri: str = "models:/avarnet@champion"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 200.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole workflow's configuration."""
+
+    output_dir: str = "runs/demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _from_dict(cls: type, data: dict, where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known keys{' of ' + where if where else ''}: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> Config:
+    """Build a :class:`Config` from a nested mapping (missing keys take their defaults)."""
+    return _from_dict(Config, data or {})
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts/lists (YAML- and JSON-serialisable)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML (``3``, ``1e-3``,
+    ``null``, ``[0.8, 0.1, 0.1]``)."""
+    data = config_to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = node[part]
+        if parts[-1] not in node:
+            known = ", ".join(node)
+            raise ConfigError(f"override {item!r}: unknown key {key!r}; known keys here: {known}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return config_from_dict(data)
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically) and return its path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, p)
+    return p

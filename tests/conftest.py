@@ -1,0 +1,76 @@
+"""Shared fixtures: one local Ray instance per test session (2 CPUs), a small generated
+benchmark and its tiny-preset feature table, built once and reused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs for the whole session; stopped at the end (only this one)."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tmp_path_factory) -> Path:
+    """The generated benchmark: 10 classes x 4 clips of 3 s (real MP4 files)."""
+    from avarnet.data.synthetic import generate_benchmark
+
+    out = tmp_path_factory.mktemp("bench")
+    generate_benchmark(out, clips_per_class=4, seconds=3.0, seed=0, no_audio_fraction=0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_rows(bench_dir) -> list[dict]:
+    from avarnet.data.manifest import read_manifest
+
+    return read_manifest(bench_dir / "manifest.csv").rows
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from avarnet.features.backbones import build_feature_spec
+
+    return build_feature_spec("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_features(ray_session, bench_rows, tiny_spec, tmp_path_factory) -> Path:
+    """The benchmark's tiny-preset feature table (extracted once with Ray Data)."""
+    from workflows.extract import run_extract
+
+    out = tmp_path_factory.mktemp("features")
+    summary = run_extract(bench_rows, out, tiny_spec, workers=1, progress=False)
+    assert summary.clips_failed == 0, summary.errors
+    return out
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_configure(config):
+    # Tests never reach a model hub; make transformers/timm fail fast if something tries.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,503 @@
+"""The ``avarnet`` command line: the product's front door.
+
+Every verb has ``--help``; verbs that produce a result accept ``--json`` and then print
+exactly one JSON object on stdout (human-readable progress goes to stderr). Bad input
+gives one clear line on stderr and exit status 2, never a traceback.
+
+Heavy imports (torch, ray, mlflow) happen inside the verbs, so ``avarnet --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """An error to report as one line and exit status 2."""
+
+
+def _emit(args: argparse.Namespace, result: dict, human: Callable[[dict], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=str))
+    else:
+        print(human(result))
+
+
+def _err(msg: str) -> None:
+    print(f"avarnet: error: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write the generated audio-visual benchmark (real MP4 files)",
+        description=(
+            "Write the built-in benchmark: real MP4 clips (H.264 video + AAC audio) for the ten "
+            "VAAR class names, in DIR/<Class>/*.mp4, plus DIR/manifest.csv. Each visual "
+            "signature is shared by two classes and each audio signature by two others, so "
+            "only fusion identifies the class. Deterministic for a seed. It is a test bed, "
+            "not a claim about real-world accuracy."
+        ),
+    )
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--clips-per-class", type=int, default=8, help="clips per class (default 8)")
+    p.add_argument("--seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--fps", type=int, default=12, help="video frame rate (default 12)")
+    p.add_argument(
+        "--degrade-fraction",
+        type=float,
+        default=0.3,
+        help="fraction of clips darkened, occluded or noisy (default 0.3)",
+    )
+    p.add_argument(
+        "--no-audio-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of clips written without an audio track (default 0)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from avarnet.data.manifest import read_manifest
+    from avarnet.data.synthetic import generate_benchmark
+
+    if args.clips_per_class < 1 or args.seconds <= 0:
+        raise CliError("--clips-per-class must be >= 1 and --seconds > 0")
+    out = Path(args.out).resolve()
+    t0 = time.perf_counter()
+    generate_benchmark(
+        out,
+        clips_per_class=args.clips_per_class,
+        seconds=args.seconds,
+        seed=args.seed,
+        fps=args.fps,
+        degrade_fraction=args.degrade_fraction,
+        no_audio_fraction=args.no_audio_fraction,
+        progress=None if args.json else _progress("synth"),
+    )
+    summary = read_manifest(out / "manifest.csv").summary()
+    result = {
+        "out": str(out),
+        "manifest": str(out / "manifest.csv"),
+        "seconds": round(time.perf_counter() - t0, 2),
+        **summary,
+    }
+    _emit(
+        args,
+        result,
+        lambda r: (
+            f"wrote {r['clips']} clips in {r['seconds']} s\n"
+            f"  clips:    {r['out']}\n  manifest: {r['manifest']}\n"
+            f"  splits:   {r['split_counts']}"
+        ),
+    )
+    return 0
+
+
+def _progress(desc: str):
+    """A tqdm progress callback ``cb(done, total)`` on stderr."""
+    from tqdm import tqdm
+
+    bar: dict = {}
+
+    def cb(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="clip", file=sys.stderr, leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return cb
+
+
+# ------------------------------------------------------------------------ manifest
+def _add_manifest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="validate a dataset and write its manifest",
+        description=(
+            "Read a dataset in one of its real layouts and write a manifest CSV "
+            "(video_id, path, label, labels, split, gt_intervals). Layouts: 'folders' (VAAR "
+            "style, a folder per class, optional train/val/test folders above them), 'csv' "
+            "(path,label[,split]), 'xd-violence' (labels coded in the file names, e.g. "
+            "'..._label_B2-G-0.mp4'; test annotations via --annotations). Clips without a "
+            "split get a deterministic stratified 70/15/15 split. Problems (unparseable names, "
+            "annotations without a video) are listed, not fatal."
+        ),
+    )
+    p.add_argument("path", help="dataset folder or manifest CSV")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "folders", "csv", "xd-violence"],
+        help="dataset layout (default: detect)",
+    )
+    p.add_argument("--annotations", help="XD-Violence test annotation file (name s1 e1 s2 e2 ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--out", help="write the manifest CSV here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=_run_manifest)
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    from avarnet.data.manifest import read_manifest, write_manifest_csv
+
+    result = read_manifest(
+        args.path, format=args.format, annotations=args.annotations, seed=args.seed
+    )
+    summary = result.summary()
+    if args.out:
+        write_manifest_csv(result.rows, args.out)
+        summary["out"] = args.out
+    summary["format"] = result.format
+
+    def human(s: dict) -> str:
+        lines = [f"{s['clips']} clips ({s['format']}), {s['annotated_clips']} with frame labels"]
+        lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in s["label_counts"].items()))
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in s["split_counts"].items()))
+        for prob in s["problems"]:
+            lines.append(f"problem: {prob['file']}: {prob['reason']}")
+        if s.get("out"):
+            lines.append(f"manifest written to {s['out']}")
+        return "\n".join(lines)
+
+    _emit(args, summary, human)
+    return 0
+
+
+# ------------------------------------------------------------------------- inspect
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a clip's metadata and its segment grid",
+        description="Probe one video file: duration, frame rate, frames, audio track, segments.",
+    )
+    p.add_argument("file", help="a video file")
+    p.add_argument(
+        "--segment-seconds", type=float, default=1.0, help="segment length (default 1.0)"
+    )
+    p.add_argument(
+        "--segment-frames",
+        type=int,
+        default=None,
+        help="segments of N frames instead of seconds (XD-Violence: 16)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from avarnet.data.decode import DecodeOptions, probe
+
+    opts = DecodeOptions(segment_seconds=args.segment_seconds, segment_frames=args.segment_frames)
+    info = probe(args.file)
+    result = {
+        "path": info.path,
+        "duration_s": round(info.duration_s, 4),
+        "fps": round(info.fps, 4),
+        "n_frames": info.n_frames,
+        "width": info.width,
+        "height": info.height,
+        "has_audio": info.has_audio,
+        "audio_sample_rate": info.audio_sample_rate,
+        "audio_channels": info.audio_channels,
+        "n_segments": info.n_segments(opts),
+    }
+    _emit(args, result, lambda r: "\n".join(f"{k:18s} {v}" for k, v in r.items()))
+    return 0
+
+
+# ------------------------------------------------------------------------- config
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.lr=3e-4 model.num_stages=2",
+    )
+
+
+def _load_cfg(args: argparse.Namespace, extra: list[str]):
+    from avarnet.config import load_config
+
+    return load_config(args.config, list(extra) + list(args.overrides or []))
+
+
+def _tracking_uri(cfg, root) -> str:
+    from workflows.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(cfg.tracking, root)
+
+
+# ------------------------------------------------------------------------- extract
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="extract Wav2Vec2 + MobileViT features to Parquet (Ray Data)",
+        description=(
+            "Decode every clip of a dataset (CPU tasks) and encode it with Wav2Vec2 (audio) and "
+            "MobileViT (frames) in an actor pool, one GPU per actor when --gpus-per-worker is "
+            "set. Writes OUT/part-*.parquet (one row per clip: T x D features per modality), "
+            "OUT/feature_spec.json and OUT/errors.parquet. A re-run skips finished clips; a "
+            "clip that fails is listed in the error table and the job goes on. Presets: "
+            "'paper' (pretrained facebook/wav2vec2-base + mobilevit_s; needs the model hub or "
+            "local copies), 'tiny' (small random-init backbones: tests and the demo), "
+            "'full-random' (full-size architectures, random weights: benchmarks)."
+        ),
+    )
+    p.add_argument("--data", required=True, help="dataset folder or manifest CSV")
+    p.add_argument("--out", required=True, help="feature table folder")
+    p.add_argument("--preset", default=None, choices=["tiny", "paper", "full-random"])
+    p.add_argument("--workers", type=int, default=None, help="encoder actors (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per encoder actor")
+    p.add_argument("--format", default="auto", choices=["auto", "folders", "csv", "xd-violence"])
+    p.add_argument("--annotations", help="XD-Violence test annotation file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_config_args(p)
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avarnet.data.manifest import read_manifest
+    from workflows import tracking
+    from workflows.extract import run_extract, spec_from_config
+    from workflows.runtime import ray_session
+
+    extra = []
+    if args.preset:
+        extra.append(f"features.preset={args.preset}")
+    if args.workers is not None:
+        extra.append(f"features.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        extra.append(f"features.gpus_per_worker={args.gpus_per_worker}")
+    cfg = _load_cfg(args, extra)
+    out = Path(args.out).resolve()
+    manifest = read_manifest(args.data, format=args.format, annotations=args.annotations)
+    for prob in manifest.problems:
+        print(f"avarnet: warning: {prob['file']}: {prob['reason']}", file=sys.stderr)
+    spec = spec_from_config(cfg)
+    uri = _tracking_uri(cfg, out.parent)
+    with ray_session(), tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
+        run.log_config(cfg)
+        summary = run_extract(
+            manifest.rows,
+            out,
+            spec,
+            workers=cfg.features.workers,
+            gpus_per_worker=cfg.features.gpus_per_worker,
+            batch_size=cfg.features.batch_size,
+            progress=not args.json,
+            logger=run,
+        )
+        result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": uri}
+    for e in summary.errors:
+        print(f"avarnet: failed: {e['message']}", file=sys.stderr)
+    _emit(
+        args,
+        result,
+        lambda r: (
+            f"extracted {r['clips_ok']} clips ({r['clips_skipped']} already done, "
+            f"{r['clips_failed']} failed) in {r['wall_seconds']} s "
+            f"= {r['clip_seconds_per_s']} clip-seconds/s\n  features: {r['out_dir']}\n"
+            f"  MLflow run {r['run_id']} in {r['tracking_uri']}"
+        ),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train AVAR-Net (early fusion + MTCN) with Ray Train",
+        description=(
+            "Train the fusion + multi-stage TCN classifier on a feature table with Ray Train "
+            "(DDP with --workers > 1), keep the best epoch by validation macro-F1, evaluate "
+            "it on the test split, log everything to MLflow and register the model as a new "
+            "version of 'avarnet'. Outputs go beside the feature table (its parent folder) "
+            "unless output_dir=... is given."
+        ),
+    )
+    p.add_argument("--features", required=True, help="feature table folder (avarnet extract)")
+    p.add_argument("--model", help="registered model name (avarnet_tiny, avarnet_base)")
+    p.add_argument("--fusion", choices=["early", "late", "audio", "visual"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers (DDP when > 1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_config_args(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avarnet.evaluation import format_report
+    from workflows.runtime import ray_session
+    from workflows.train import run_training
+
+    features = Path(args.features).resolve()
+    extra = [f"output_dir={features.parent}"]
+    for flag, key in (
+        ("model", "model.name"),
+        ("fusion", "model.fusion"),
+        ("epochs", "train.epochs"),
+        ("workers", "train.workers"),
+        ("seed", "train.seed"),
+    ):
+        if getattr(args, flag) is not None:
+            extra.append(f"{key}={getattr(args, flag)}")
+    cfg = _load_cfg(args, extra)
+    uri = _tracking_uri(cfg, Path(cfg.output_dir))
+    with ray_session():
+        res = run_training(cfg, features, tracking_uri=uri)
+    result = {k: v for k, v in res.items() if k != "report"}
+    _emit(
+        args,
+        result,
+        lambda r: (
+            format_report(res["report"])
+            + f"\nmodel {r['model_uri']} (artifact {r['artifact_dir']})\n"
+            f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {r['tracking_uri']}"
+        ),
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------ evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a feature table",
+        description=(
+            "Score a split of a feature table with a model (an artifact folder or a registry "
+            "URI such as models:/avarnet/3 or models:/avarnet@champion) and print accuracy, "
+            "macro-F1, per-class precision/recall/F1 and anomaly AP. Writes report.json and "
+            "confusion_matrix.png to --out."
+        ),
+    )
+    p.add_argument("--model", required=True, help="artifact folder or models:/ URI")
+    p.add_argument("--features", required=True, help="feature table folder")
+    p.add_argument(
+        "--split", default="test", help="split to evaluate (default test; 'all' for every clip)"
+    )
+    p.add_argument("--out", help="folder for report.json and confusion_matrix.png")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avarnet.evaluation import evaluate, format_report
+    from avarnet.features.table import read_features
+    from workflows.tracking import load_predictor, write_json
+
+    features = Path(args.features).resolve()
+    predictor = load_predictor(args.model, args.tracking_uri, features.parent)
+    fs = read_features(features, splits=None if args.split == "all" else [args.split])
+    if len(fs) == 0:
+        raise CliError(f"{features}: no clips in split {args.split!r}")
+    predictor.spec.check_compatible(fs.spec)
+    out = Path(args.out).resolve() if args.out else features.parent / "eval"
+    report = evaluate(predictor, fs, out_dir=out)
+    write_json(report, out / "report.json")
+    result = {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "clips": report["clips"],
+        "model_uri": args.model,
+        "report": str(out / "report.json"),
+        "confusion_matrix_png": report["confusion_matrix_png"],
+        **{
+            k: report[k]
+            for k in (
+                "xd_ap",
+                "xd_average_precision",
+                "segment_ap_auc",
+                "segment_average_precision",
+            )
+            if k in report
+        },
+    }
+    _emit(args, result, lambda r: format_report(report) + f"\nreport: {r['report']}")
+    return 0
+
+
+# ------------------------------------------------------------------------- main
+VERBS = [_add_synth, _add_manifest, _add_inspect, _add_extract, _add_train, _add_evaluate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avarnet",
+        description=(
+            "Audio-visual anomaly recognition (AVAR-Net: Wav2Vec2 + MobileViT, early fusion, "
+            "multi-stage TCN) as a distributed workflow on Ray."
+        ),
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for add in VERBS:
+        add(sub)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from avarnet.config import ConfigError
+    from avarnet.data.decode import DecodeError
+
+    errors: list[type[BaseException]] = [CliError, ConfigError, DecodeError, FileNotFoundError]
+    try:
+        from workflows.train import TrainingDataError
+
+        errors.append(TrainingDataError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from avarnet.data.manifest import ManifestError
+
+        errors.append(ManifestError)
+    except ImportError:  # pragma: no cover - during bootstrap only
+        pass
+    try:
+        from avarnet.features.spec import FeatureSpecMismatch
+
+        errors.append(FeatureSpecMismatch)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as err:
+        _err(str(err))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

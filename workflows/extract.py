@@ -1,0 +1,366 @@
+"""Distributed feature extraction with Ray Data: manifest rows -> Parquet feature table.
+
+::
+
+    manifest rows ─► decode (CPU tasks, decord) ─► encoders (actor pool, GPU when asked)
+                  ─► driver assembles clips from chunks ─► part-*.parquet + errors.parquet
+
+Long clips are decoded and encoded ``chunk_segments`` segments at a time, so no stage ever
+holds a whole long clip's frames. The driver joins a clip's chunk features (small: T x D)
+and writes parts atomically every ``flush_clips`` clips, so an interrupted run keeps what
+it finished and a re-run skips it. A clip that fails (decode or encode) goes to
+``errors.parquet`` and the job goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avarnet.config import Config
+from avarnet.data.decode import DecodeError, DecodeOptions, iter_chunks
+from avarnet.data.manifest import segment_ground_truth
+from avarnet.features import table as ft
+from avarnet.features.spec import FeatureSpec, FeatureSpecMismatch
+
+__all__ = ["ExtractSummary", "run_extract", "spec_from_config"]
+
+
+def spec_from_config(cfg: Config) -> FeatureSpec:
+    """The FeatureSpec of ``cfg.features``: the preset, with the fields the config sets."""
+    from avarnet.features.backbones import build_feature_spec
+
+    f = cfg.features
+    overrides = {
+        k: v
+        for k, v in {
+            "audio_backbone": f.audio_backbone,
+            "visual_backbone": f.visual_backbone,
+            "visual_weights": f.visual_weights,
+            "segment_seconds": f.segment_seconds,
+            "segment_frames": f.segment_frames,
+            "frames_per_segment": f.frames_per_segment,
+        }.items()
+        if v is not None
+    }
+    return build_feature_spec(f.preset, **overrides)
+
+
+@dataclass
+class ExtractSummary:
+    out_dir: str
+    clips_total: int
+    clips_ok: int  # written by this run
+    clips_skipped: int  # already in the table before this run
+    clips_failed: int
+    clip_seconds: float  # seconds of video extracted by this run
+    wall_seconds: float
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def clip_seconds_per_s(self) -> float:
+        return self.clip_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": self.out_dir,
+            "clips_total": self.clips_total,
+            "clips_ok": self.clips_ok,
+            "clips_skipped": self.clips_skipped,
+            "clips_failed": self.clips_failed,
+            "clip_seconds": round(self.clip_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "clip_seconds_per_s": round(self.clip_seconds_per_s, 3),
+        }
+
+
+def _error_row(row: dict, stage: str, message: str, opts: DecodeOptions) -> dict:
+    k, s = opts.frames_per_segment, opts.image_size
+    return {
+        "video_id": row["video_id"],
+        "path": row["path"],
+        "chunk_index": 0,
+        "n_chunks": 1,
+        "segment_start": 0,
+        "n_segments_total": 0,
+        "duration_s": 0.0,
+        "fps": 0.0,
+        "has_audio": False,
+        "bounds_s": np.zeros(1, np.float64),
+        "frames": np.zeros((0, k, s, s, 3), np.uint8),
+        "audio": np.zeros(0, np.float32),
+        "stage": stage,
+        "error": message,
+    }
+
+
+def decode_row(row: dict, *, opts: DecodeOptions) -> list[dict]:
+    """One manifest row -> its decoded chunks (or one error row). Runs in Ray tasks."""
+    out = []
+    try:
+        for c in iter_chunks(row["path"], opts):
+            out.append(
+                {
+                    "video_id": row["video_id"],
+                    "path": row["path"],
+                    "chunk_index": c.chunk_index,
+                    "n_chunks": c.n_chunks,
+                    "segment_start": c.segment_start,
+                    "n_segments_total": c.n_segments_total,
+                    "duration_s": c.info.duration_s,
+                    "fps": c.info.fps,
+                    "has_audio": c.has_audio,
+                    "bounds_s": c.bounds_s,
+                    "frames": c.frames,
+                    "audio": c.audio,
+                    "stage": "",
+                    "error": "",
+                }
+            )
+    except DecodeError as err:
+        return [_error_row(row, "decode", str(err), opts)]
+    except Exception as err:  # an unexpected decoder failure must not fail the job
+        return [_error_row(row, "decode", f"{row['path']}: {type(err).__name__}: {err}", opts)]
+    return out
+
+
+class ChunkEncoder:
+    """Ray Data actor: builds the backbones once, encodes batches of decoded chunks."""
+
+    def __init__(self, spec_json: str, device: str | None = None, threads: int | None = None):
+        import torch
+
+        from avarnet.features.backbones import build_encoders
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.spec = FeatureSpec.from_json(spec_json)
+        self.encoders = build_encoders(self.spec, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from avarnet.data.decode import ClipChunk
+
+        n = len(batch["video_id"])
+        audio_feats: list[np.ndarray] = [np.zeros((0, self.spec.audio_dim), np.float32)] * n
+        visual_feats: list[np.ndarray] = [np.zeros((0, self.spec.visual_dim), np.float32)] * n
+        errors = [str(e) for e in batch["error"]]
+        stages = [str(s) for s in batch["stage"]]
+        good = [i for i in range(n) if not errors[i]]
+        if good:
+            chunks = [
+                ClipChunk(
+                    info=None,  # the encoders need only the arrays below
+                    chunk_index=int(batch["chunk_index"][i]),
+                    n_chunks=int(batch["n_chunks"][i]),
+                    segment_start=int(batch["segment_start"][i]),
+                    n_segments_total=int(batch["n_segments_total"][i]),
+                    bounds_s=np.asarray(batch["bounds_s"][i], np.float64),
+                    frames=np.asarray(batch["frames"][i]),
+                    audio=np.asarray(batch["audio"][i], np.float32),
+                    has_audio=bool(batch["has_audio"][i]),
+                )
+                for i in good
+            ]
+            try:
+                results = self.encoders.encode_chunks(chunks)
+                for i, (a, v) in zip(good, results):
+                    audio_feats[i], visual_feats[i] = a, v
+            except Exception:
+                # Find the culprit(s): encode one by one so one bad chunk fails alone.
+                for i, chunk in zip(good, chunks):
+                    try:
+                        ((a, v),) = self.encoders.encode_chunks([chunk])
+                        audio_feats[i], visual_feats[i] = a, v
+                    except Exception as err:
+                        errors[i] = f"{batch['path'][i]}: {type(err).__name__}: {err}"
+                        stages[i] = "encode"
+        return {
+            "video_id": batch["video_id"],
+            "path": batch["path"],
+            "chunk_index": batch["chunk_index"],
+            "n_chunks": batch["n_chunks"],
+            "duration_s": batch["duration_s"],
+            "fps": batch["fps"],
+            "has_audio": batch["has_audio"],
+            "audio_feat": _ragged(audio_feats),
+            "visual_feat": _ragged(visual_feats),
+            "stage": np.asarray(stages, dtype=object),
+            "error": np.asarray(errors, dtype=object),
+        }
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+class _Assembler:
+    """Joins chunk features into clip rows and flushes them to part files."""
+
+    def __init__(self, rows_by_id: dict[str, dict], out_dir: Path, spec: FeatureSpec, flush: int):
+        self.rows_by_id = rows_by_id
+        self.out_dir = out_dir
+        self.spec = spec
+        self.flush_every = flush
+        self.pending: dict[str, dict[int, dict]] = {}
+        self.ready: list[dict] = []
+        self.errors: list[dict] = []
+        self.failed: set[str] = set()
+        self.ok = 0
+        self.clip_seconds = 0.0
+
+    def add(self, item: dict) -> bool:
+        """Add one chunk result; True when a clip finished (ok or failed)."""
+        vid = str(item["video_id"])
+        if vid in self.failed:
+            return False
+        if item["error"]:
+            self.failed.add(vid)
+            self.pending.pop(vid, None)
+            self.errors.append(
+                {
+                    "video_id": vid,
+                    "path": item["path"],
+                    "stage": item["stage"],
+                    "message": item["error"],
+                }
+            )
+            return True
+        parts = self.pending.setdefault(vid, {})
+        parts[int(item["chunk_index"])] = item
+        if len(parts) < int(item["n_chunks"]):
+            return False
+        del self.pending[vid]
+        ordered = [parts[i] for i in range(len(parts))]
+        row = dict(self.rows_by_id[vid])
+        audio = np.concatenate([np.asarray(p["audio_feat"], np.float32) for p in ordered])
+        visual = np.concatenate([np.asarray(p["visual_feat"], np.float32) for p in ordered])
+        opts = self.spec.decode_options()
+        row.update(
+            audio=audio,
+            visual=visual,
+            has_audio=bool(item["has_audio"]),
+            duration_s=float(item["duration_s"]),
+            segment_gt=_segment_gt(row, len(visual), float(item["fps"]), opts),
+        )
+        self.ready.append(row)
+        self.ok += 1
+        self.clip_seconds += row["duration_s"]
+        if len(self.ready) >= self.flush_every:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if self.ready:
+            ft.write_part(self.ready, self.out_dir, self.spec)
+            self.ready = []
+
+
+def _segment_gt(row: dict, n_segments: int, fps: float, opts: DecodeOptions) -> np.ndarray:
+    """Per-segment anomaly ground truth from the manifest's frame intervals."""
+    intervals = row.get("gt_intervals") or []
+    if not intervals:
+        return np.zeros(n_segments, np.int8)
+    if opts.segment_frames is not None:
+        frame_bounds = np.arange(n_segments + 1) * opts.segment_frames
+    else:
+        # Frame intervals -> segments through the clip's mean frame rate.
+        frame_bounds = np.round(np.arange(n_segments + 1) * opts.segment_seconds * fps).astype(int)
+    return np.asarray(segment_ground_truth(intervals, frame_bounds), np.int8)
+
+
+def _prepare_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
+    """Refuse to mix features of different specs; nothing is overwritten."""
+    if (out_dir / ft.SPEC_FILE).exists() or ft.part_files(out_dir):
+        existing = ft.read_spec(out_dir)
+        try:
+            existing.check_compatible(spec)
+        except FeatureSpecMismatch as err:
+            raise FeatureSpecMismatch(
+                f"{out_dir} holds features of another FeatureSpec; use another --out or delete "
+                f"it. {err}"
+            ) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ft.save_spec(spec, out_dir)
+
+
+def run_extract(
+    rows: list[dict],
+    out_dir: str | os.PathLike,
+    spec: FeatureSpec,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    decode_cpus: float = 1.0,
+    batch_size: int = 4,
+    flush_clips: int = 64,
+    threads_per_worker: int | None = None,
+    progress: bool = True,
+    logger: Any = None,
+) -> ExtractSummary:
+    """Extract features of ``rows`` (manifest rows) into the table at ``out_dir``.
+
+    Ray must be initialised by the caller (``ray.init`` or a job's cluster). ``logger`` is an
+    optional :class:`workflows.tracking.RunLogger` that receives params, metrics, artifacts.
+    """
+    import ray
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out = Path(out_dir).resolve()
+    _prepare_out_dir(out, spec)
+    done = ft.done_video_ids(out)
+    todo = [r for r in rows if r["video_id"] not in done]
+    rows_by_id = {r["video_id"]: r for r in todo}
+    if logger is not None:
+        logger.log_params({"feature_spec": spec.to_dict(), "workers": workers, "clips": len(rows)})
+    asm = _Assembler(rows_by_id, out, spec, flush_clips)
+    if todo:
+        opts = spec.decode_options()
+        items = [{"video_id": r["video_id"], "path": r["path"]} for r in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.flat_map(decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus)
+        ds = ds.map_batches(
+            ChunkEncoder,
+            fn_constructor_kwargs={"spec_json": spec.to_json(), "threads": threads_per_worker},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=gpus_per_worker,
+            num_cpus=1,
+        )
+        bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
+        try:
+            for item in ds.iter_rows():
+                if asm.add(item):
+                    bar.update(1)
+        finally:
+            asm.flush()  # keep what finished, even when interrupted
+            bar.close()
+    ft.write_errors(asm.errors, out)
+    summary = ExtractSummary(
+        out_dir=str(out),
+        clips_total=len(rows),
+        clips_ok=asm.ok,
+        clips_skipped=len(rows) - len(todo),
+        clips_failed=len(asm.errors),
+        clip_seconds=asm.clip_seconds,
+        wall_seconds=time.perf_counter() - t0,
+        errors=asm.errors,
+    )
+    if logger is not None:
+        logger.log_metrics(
+            {k: v for k, v in summary.to_dict().items() if isinstance(v, (int, float))}
+        )
+        logger.log_artifact(out / ft.SPEC_FILE)
+        logger.log_artifact(out / ft.ERRORS_FILE)
+    return summary

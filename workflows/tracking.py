@@ -1,0 +1,233 @@
+"""MLflow: the one module of the project that imports mlflow.
+
+Embedded default: a sqlite store at ``<output_dir>/mlflow.db`` (absolute path, since Ray
+workers and Tune trials run in other working directories) with artifacts beside it in
+``<output_dir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri`` (e.g. a
+tracking server for a cluster) take precedence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from avarnet.config import Config, TrackingConfig, config_to_dict
+
+__all__ = [
+    "RunLogger",
+    "default_tracking_uri",
+    "download_model",
+    "log_epoch",
+    "register_model",
+    "resolve_tracking_uri",
+    "start_run",
+]
+
+
+def default_tracking_uri(output_dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(tracking: TrackingConfig, output_dir: str | os.PathLike) -> str:
+    """Config value, else ``MLFLOW_TRACKING_URI``, else the embedded sqlite store."""
+    return (
+        tracking.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or default_tracking_uri(output_dir)
+    )
+
+
+def _artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class RunLogger:
+    """A thin handle on one MLflow run (explicit run id, no global active run)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str):
+        self.client = client
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    def log_params(self, params: dict) -> None:
+        flat = {k: ("" if v is None else str(v)[:6000]) for k, v in _flatten(params).items()}
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [mlflow.entities.Param(k, v) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[i : i + 100])
+
+    def log_config(self, cfg: Config) -> None:
+        self.log_params(config_to_dict(cfg))
+        self.log_dict(config_to_dict(cfg), "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [
+            mlflow.entities.Metric(k, float(v), ts, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_dict(self, data: dict | list, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        if p.is_dir():
+            self.client.log_artifacts(self.run_id, str(p), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def ui_hint(self) -> str:
+        """How to look at this run."""
+        uri = self.tracking_uri
+        if uri.startswith("sqlite:///"):
+            return f"mlflow ui --backend-store-uri {uri}   (run {self.run_id})"
+        return f"{uri}   (run {self.run_id})"
+
+
+@contextmanager
+def start_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[RunLogger]:
+    """Open a run; it ends FINISHED, or FAILED (and re-raises) when the body raises."""
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment_id(client, experiment, tracking_uri)
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    logger = RunLogger(client, run.info.run_id, tracking_uri)
+    try:
+        yield logger
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def log_epoch(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log one epoch's metrics to an existing run (called from the rank-0 training worker)."""
+    RunLogger(MlflowClient(tracking_uri), run_id, tracking_uri).log_metrics(metrics, step=step)
+
+
+def register_model(
+    run: RunLogger, model_dir: str | os.PathLike, name: str, alias: str | None = None
+) -> str:
+    """Log an artifact folder under ``model/`` of the run and register it as a new version
+    of ``name``. Returns ``models:/<name>/<version>``."""
+    run.log_artifact(model_dir, "model")
+    client = run.client
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # already registered
+        client.create_registered_model(name)
+    source = f"{client.get_run(run.run_id).info.artifact_uri}/model"
+    version = client.create_model_version(name, source=source, run_id=run.run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    run.set_tags({"avarnet.model_uri": f"models:/{name}/{version.version}"})
+    return f"models:/{name}/{version.version}"
+
+
+def download_model(uri: str, tracking_uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """Resolve ``models:/name/3``, ``models:/name@alias`` or ``runs:/id/model`` to a local
+    folder holding the model artifact."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/") :]
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        source = mv.source
+    elif uri.startswith("runs:/"):
+        source = uri
+    else:
+        raise ValueError(f"{uri}: not an MLflow model URI (models:/..., runs:/...)")
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="avarnet-model-"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst))
+    return Path(local)
+
+
+def model_version_info(uri: str, tracking_uri: str) -> dict[str, Any]:
+    """Name and version of a registry URI (for /v1/model and summaries)."""
+    client = MlflowClient(tracking_uri)
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = ref.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id}
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, p)
+    return p
+
+
+def load_predictor(
+    uri: str, tracking_uri: str | None, output_dir: str | os.PathLike, device: str = "cpu"
+):
+    """A Predictor from an artifact folder or a registry URI (resolved through MLflow)."""
+    from avarnet.config import TrackingConfig
+    from avarnet.predictor import Predictor
+
+    resolved = tracking_uri or resolve_tracking_uri(TrackingConfig(), output_dir)
+    return Predictor.load(uri, resolver=lambda u: download_model(u, resolved), device=device)

@@ -1,0 +1,463 @@
+"""Distributed training with Ray Train: the one trainer builder that plain training and
+Tune share, the per-worker loop, and the driver that evaluates and registers the result.
+
+Data: ``ray.data.read_parquet`` over the feature table, split by the ``split`` column;
+``train`` is sharded across workers, ``val`` is read whole by every worker (so each worker
+computes the same validation metrics and rank 0 reports them). Batches are padded with
+masks (:func:`avarnet.batching.pad_batch`).
+
+Checkpoints: every epoch rank 0 writes the current weights, the optimiser state and the
+best weights so far (by validation macro-F1). A worker failure restarts the loop from the
+latest checkpoint (``FailureConfig(max_failures)``); the final checkpoint carries the best
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avarnet.config import Config, config_to_dict
+from avarnet.features import table as ft
+from avarnet.features.spec import FeatureSpec
+
+__all__ = [
+    "TrainingDataError",
+    "build_trainer",
+    "check_training_data",
+    "model_kwargs",
+    "train_loop_per_worker",
+]
+
+
+class TrainingDataError(ValueError):
+    """The feature table cannot be trained on (reported before any training starts)."""
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the driver learns from the feature table before training."""
+
+    labels: list[str]
+    multilabel: bool
+    split_counts: dict[str, int]
+    spec: FeatureSpec
+
+
+def model_kwargs(
+    cfg: Config, spec: FeatureSpec, n_classes: int, normal_index: int | None, multilabel: bool
+) -> dict:
+    """Keyword arguments for ``create_model(cfg.model.name, **kwargs)``."""
+    kwargs: dict[str, Any] = {
+        "audio_dim": spec.audio_dim,
+        "visual_dim": spec.visual_dim,
+        "num_classes": n_classes,
+        "fusion": cfg.model.fusion,
+        "modality_dropout": cfg.model.modality_dropout,
+        "normal_index": normal_index,
+        "multilabel": multilabel,
+    }
+    for key in ("num_stages", "num_layers", "num_filters", "dropout", "pooling"):
+        value = getattr(cfg.model, key)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def check_training_data(
+    features_dir: str | os.PathLike, expected_spec: FeatureSpec | None = None
+) -> DataFacts:
+    """Refuse, with a clear message, what cannot train: another FeatureSpec, an empty or
+    single-class training split, validation/test labels unseen in training, NaN features."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from avarnet.features.spec import FeatureSpecMismatch
+
+    spec = ft.read_spec(features_dir)
+    if expected_spec is not None:
+        try:
+            expected_spec.check_compatible(spec)
+        except FeatureSpecMismatch as err:
+            raise FeatureSpecMismatch(
+                f"{features_dir}: features were extracted with another FeatureSpec than the "
+                f"model's. {err}"
+            ) from None
+    parts = ft.part_files(features_dir)
+    if not parts:
+        raise TrainingDataError(f"{features_dir}: feature table has no part files")
+    split_counts: dict[str, int] = {}
+    labels_by_split: dict[str, set[str]] = {}
+    multilabel = False
+    for part in parts:
+        t = pq.read_table(part, columns=["split", "labels", "audio", "visual"])
+        for col in ("audio", "visual"):
+            values = t.column(col).combine_chunks().values.values
+            if len(values) and pc.any(pc.is_nan(values)).as_py():
+                raise TrainingDataError(f"{part}: NaN values in the {col} features")
+        for split, labels in zip(t.column("split").to_pylist(), t.column("labels").to_pylist()):
+            split_counts[split] = split_counts.get(split, 0) + 1
+            labels_by_split.setdefault(split, set()).update(labels)
+            multilabel = multilabel or len(labels) > 1
+    train_labels = labels_by_split.get("train", set())
+    if split_counts.get("train", 0) == 0:
+        raise TrainingDataError(f"{features_dir}: the training split is empty ({split_counts})")
+    if len(train_labels) < 2:
+        raise TrainingDataError(
+            f"{features_dir}: the training split has a single class ({sorted(train_labels)}); "
+            "a classifier needs at least two"
+        )
+    for split in ("val", "test"):
+        unseen = labels_by_split.get(split, set()) - train_labels
+        if unseen:
+            raise TrainingDataError(
+                f"{features_dir}: {split} labels {sorted(unseen)} never occur in the training split"
+            )
+    return DataFacts(sorted(train_labels), multilabel, split_counts, spec)
+
+
+# ----------------------------------------------------------------------------- worker side
+def _collate(table, labels: list[str], multilabel: bool, max_len: int | None, rng):
+    """A pyarrow batch of feature rows -> (Batch, targets)."""
+    import torch
+
+    from avarnet.batching import pad_batch
+
+    audio = ft.nested_to_numpy(table.column("audio"))
+    visual = ft.nested_to_numpy(table.column("visual"))
+    has_audio = table.column("has_audio").to_pylist()
+    batch = pad_batch(audio, visual, has_audio, max_len=max_len, rng=rng)
+    index = {name: i for i, name in enumerate(labels)}
+    if multilabel:
+        targets = torch.zeros(len(audio), len(labels))
+        for i, ls in enumerate(table.column("labels").to_pylist()):
+            for name in ls:
+                targets[i, index[name]] = 1.0
+    else:
+        targets = torch.tensor([index[name] for name in table.column("label").to_pylist()])
+    return batch, targets
+
+
+def _evaluate(model, dataset, cfg: dict, device) -> dict[str, float]:
+    import torch
+
+    from avarnet.metrics import classification_metrics
+    from avarnet.models.losses import avarnet_loss
+
+    model.eval()
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    losses: list[float] = []
+    with torch.inference_mode():
+        for table in dataset.iter_batches(batch_size=cfg["batch_size"], batch_format="pyarrow"):
+            batch, targets = _collate(table, cfg["labels"], cfg["multilabel"], None, None)
+            batch, targets = batch.to(device), targets.to(device)
+            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
+            loss, _ = avarnet_loss(
+                out,
+                targets,
+                batch.mask,
+                multilabel=cfg["multilabel"],
+                smoothing_weight=cfg["smoothing_weight"],
+            )
+            losses.append(float(loss) * len(targets))
+            pred = out["clip_logits"].argmax(-1).cpu().numpy()
+            true = targets.argmax(-1) if cfg["multilabel"] else targets
+            y_pred.extend(pred.tolist())
+            y_true.extend(true.cpu().numpy().tolist())
+    if not y_true:
+        return {}
+    m = classification_metrics(np.array(y_true), np.array(y_pred), cfg["labels"])
+    return {
+        "val_loss": float(np.sum(losses) / len(y_true)),
+        "val_accuracy": float(m["accuracy"]),
+        "val_macro_f1": float(m["macro_f1"]),
+    }
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train loop (runs on every worker). ``config`` is plain data (see
+    :func:`build_trainer`)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from avarnet.models import create_model
+    from avarnet.models.losses import avarnet_loss
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(config["seed"])
+    rng = np.random.default_rng(config["seed"] + 7919 * rank)
+    model = create_model(config["model_name"], **config["model_kwargs"])
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optim = torch.optim.AdamW(
+        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    start_epoch, best = 0, {"val_macro_f1": -1.0, "epoch": -1}
+    best_state = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            _unwrap(model).load_state_dict(torch.load(Path(d) / "model.pt", map_location=device))
+            optim.load_state_dict(torch.load(Path(d) / "optim.pt", map_location=device))
+            state = json.loads((Path(d) / "state.json").read_text())
+            best_state = torch.load(Path(d) / "best_model.pt", map_location="cpu")
+        start_epoch, best = state["epoch"] + 1, state["best"]
+    train_ds = ray.train.get_dataset_shard("train")
+    val_ds = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, config["epochs"]):
+        fail_at = config.get("fail_once_at_epoch")
+        if fail_at is not None and epoch == fail_at and not os.path.exists(config["fail_marker"]):
+            Path(config["fail_marker"]).write_text("failed once")
+            raise RuntimeError(f"injected failure at epoch {epoch} (fault-tolerance test)")
+        model.train()
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        for table in train_ds.iter_batches(
+            batch_size=config["batch_size"],
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=config["batch_size"] * 4,
+            local_shuffle_seed=config["seed"] + epoch,
+        ):
+            batch, targets = _collate(
+                table, config["labels"], config["multilabel"], config["max_segments"], rng
+            )
+            batch, targets = batch.to(device), targets.to(device)
+            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
+            loss, _ = avarnet_loss(
+                out,
+                targets,
+                batch.mask,
+                multilabel=config["multilabel"],
+                smoothing_weight=config["smoothing_weight"],
+            )
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            total += float(loss) * len(targets)
+            count += len(targets)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        metrics.update(_evaluate(model, val_ds, config, device))
+        if metrics.get("val_macro_f1", 0.0) > best["val_macro_f1"]:
+            best = {"val_macro_f1": metrics["val_macro_f1"], "epoch": epoch}
+            best_state = {
+                k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
+            }
+        metrics["best_val_macro_f1"] = best["val_macro_f1"]
+        if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
+            from workflows.tracking import log_epoch
+
+            log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(_unwrap(model).state_dict(), Path(tmp) / "model.pt")
+                torch.save(optim.state_dict(), Path(tmp) / "optim.pt")
+                torch.save(best_state, Path(tmp) / "best_model.pt")
+                state = {"epoch": epoch, "best": best, **{k: config[k] for k in _ARTIFACT_KEYS}}
+                (Path(tmp) / "state.json").write_text(json.dumps(state))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# What a checkpoint records so that it can become a model artifact on its own.
+_ARTIFACT_KEYS = ("model_name", "model_kwargs", "labels", "multilabel")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# ----------------------------------------------------------------------------- driver side
+def build_trainer(
+    cfg: Config,
+    features_dir: str | os.PathLike,
+    *,
+    facts: DataFacts | None = None,
+    storage_path: str | os.PathLike | None = None,
+    name: str | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    callbacks: list | None = None,
+    loop_overrides: dict[str, Any] | None = None,
+):
+    """The one place a ``TorchTrainer`` is built (plain training and every Tune trial).
+
+    ``loop_overrides`` replaces entries of the loop config (Tune puts its sampled
+    hyperparameters there). ``tracking_uri``/``run_id``: rank 0 logs per-epoch metrics there.
+    """
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    features_dir = Path(features_dir).resolve()
+    facts = facts or check_training_data(features_dir)
+    labels = facts.labels
+    from avarnet.predictor import find_normal_label
+
+    normal = find_normal_label(labels)
+    loop_config: dict[str, Any] = {
+        "model_name": cfg.model.name,
+        "model_kwargs": model_kwargs(
+            cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
+        ),
+        "labels": labels,
+        "multilabel": facts.multilabel,
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "smoothing_weight": cfg.train.smoothing_weight,
+        "max_segments": cfg.train.max_segments,
+        "seed": cfg.train.seed,
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+    }
+    loop_config.update(loop_overrides or {})
+    files = [str(p) for p in ft.part_files(features_dir)]
+    columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
+    table = ray.data.read_parquet(files, columns=columns)
+    datasets = {
+        "train": table.filter(expr="split == 'train'"),
+        "val": table.filter(expr="split == 'val'"),
+    }
+    workers = cfg.train.workers
+    use_gpu = cfg.train.gpus_per_worker > 0
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name or f"train-{int(time.time())}",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def artifact_from_checkpoint(
+    checkpoint_dir: str | os.PathLike, spec: FeatureSpec, cfg: Config, out_dir: str | os.PathLike
+) -> tuple[Path, dict]:
+    """Turn a training checkpoint (its best weights) into a model artifact folder."""
+    import torch
+
+    from avarnet.predictor import save_artifact
+
+    d = Path(checkpoint_dir)
+    state = json.loads((d / "state.json").read_text())
+    best = torch.load(d / "best_model.pt", map_location="cpu")
+    path = save_artifact(
+        out_dir,
+        model_name=state["model_name"],
+        model_kwargs=state["model_kwargs"],
+        state_dict=best,
+        labels=state["labels"],
+        feature_spec=spec,
+        multilabel=state["multilabel"],
+        metrics={
+            "best_val_macro_f1": state["best"]["val_macro_f1"],
+            "best_epoch": state["best"]["epoch"],
+        },
+        config=config_to_dict(cfg),
+    )
+    return path, state
+
+
+def run_training(
+    cfg: Config,
+    features_dir: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    parent_run_id: str | None = None,
+    run_name: str = "train",
+    loop_overrides: dict[str, Any] | None = None,
+    register: bool = True,
+) -> dict[str, Any]:
+    """Check the data, fit with Ray Train, evaluate the best model on the test split, log
+    everything to one MLflow run and register the model. Ray must be initialised."""
+    from avarnet.evaluation import evaluate
+    from avarnet.predictor import Predictor
+    from workflows import tracking
+
+    features_dir = Path(features_dir).resolve()
+    facts = check_training_data(features_dir)
+    out_root = Path(cfg.output_dir).resolve()
+    t0 = time.perf_counter()
+    with tracking.start_run(
+        tracking_uri,
+        cfg.tracking.experiment,
+        run_name,
+        parent_run_id=parent_run_id,
+        tags={"avarnet.stage": "train"},
+    ) as run:
+        run.log_config(cfg)
+        run.log_params(
+            {
+                "features_dir": str(features_dir),
+                "labels": ",".join(facts.labels),
+                "splits": facts.split_counts,
+            }
+        )
+        trainer = build_trainer(
+            cfg,
+            features_dir,
+            facts=facts,
+            tracking_uri=tracking_uri,
+            run_id=run.run_id,
+            name=f"train-{run.run_id[:12]}",
+            loop_overrides=loop_overrides,
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        model_dir = out_root / "models" / run.run_id
+        with result.checkpoint.as_directory() as d:
+            artifact, state = artifact_from_checkpoint(d, facts.spec, cfg, model_dir)
+        predictor = Predictor.from_dir(artifact)
+        test = ft.read_features(features_dir, splits=["test"])
+        report = evaluate(predictor, test, out_dir=model_dir / "eval")
+        test_metrics = {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
+        run.log_metrics(test_metrics)
+        run.log_metrics({"train_wall_seconds": time.perf_counter() - t0})
+        run.log_artifact(report["confusion_matrix_png"], "eval")
+        run.log_dict(report, "eval/report.json")
+        (model_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
+        model_uri = (
+            tracking.register_model(run, artifact, cfg.tracking.registered_model)
+            if register
+            else str(artifact)
+        )
+        return {
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "run_id": run.run_id,
+            "model_uri": model_uri,
+            "artifact_dir": str(artifact),
+            "best_epoch": state["best"]["epoch"],
+            "best_val_macro_f1": state["best"]["val_macro_f1"],
+            "report": report,
+            "tracking_uri": tracking_uri,
+        }
