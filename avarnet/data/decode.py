@@ -72,6 +72,9 @@ class DecodeOptions:
         for name in ("frames_per_segment", "image_size", "sample_rate", "chunk_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 32:
+            # decord's scaler pads rows below 32 px and returns a mis-sized buffer.
+            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
 
 
 @dataclass(frozen=True)
