@@ -105,8 +105,6 @@ class Predictor:
         self.labels: list[str] = list(meta["labels"])
         self.multilabel: bool = bool(meta.get("multilabel", False))
         self.spec = FeatureSpec.from_dict(meta["feature_spec"])
-        normal = meta.get("normal_label")
-        self.normal_index: int | None = self.labels.index(normal) if normal else None
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
@@ -159,10 +157,7 @@ class Predictor:
                 clip_p, seg_p = torch.sigmoid(clip_logits), torch.sigmoid(seg_logits)
             else:
                 clip_p, seg_p = clip_logits.softmax(-1), seg_logits.softmax(-1)
-            if self.normal_index is not None:
-                scores = 1.0 - seg_p[..., self.normal_index]
-            else:
-                scores = seg_p.max(-1).values
+            scores = self.model.anomaly_scores(seg_logits, batch.mask)
             clip_p, seg_p, scores = clip_p.cpu().numpy(), seg_p.cpu().numpy(), scores.cpu().numpy()
             for i, length in enumerate(batch.lengths.tolist()):
                 out.append(

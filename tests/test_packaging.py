@@ -29,6 +29,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('ray', 'mlflow', 'fastapi'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(ROOT)!r})
 os.chdir({str(tmp_path)!r})
 import avarnet, avarnet.config, avarnet.data.decode, avarnet.data.manifest, avarnet.data.synthetic
 import avarnet.features.spec, avarnet.features.backbones, avarnet.features.table

@@ -25,6 +25,8 @@ from avarnet.config import Config, TrackingConfig, config_to_dict
 __all__ = [
     "RunLogger",
     "default_tracking_uri",
+    "end_trial_run",
+    "open_run",
     "download_model",
     "log_epoch",
     "register_model",
@@ -122,12 +124,33 @@ class RunLogger:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
 
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
     def ui_hint(self) -> str:
         """How to look at this run."""
         uri = self.tracking_uri
         if uri.startswith("sqlite:///"):
             return f"mlflow ui --backend-store-uri {uri}   (run {self.run_id})"
         return f"{uri}   (run {self.run_id})"
+
+
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> RunLogger:
+    """Create a run (RUNNING) and return its handle; end it with :meth:`RunLogger.end`."""
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment_id(client, experiment, tracking_uri)
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    return RunLogger(client, run.info.run_id, tracking_uri)
 
 
 @contextmanager
@@ -140,19 +163,30 @@ def start_run(
     tags: dict[str, str] | None = None,
 ) -> Iterator[RunLogger]:
     """Open a run; it ends FINISHED, or FAILED (and re-raises) when the body raises."""
-    client = MlflowClient(tracking_uri)
-    exp_id = _experiment_id(client, experiment, tracking_uri)
-    all_tags = {"mlflow.runName": run_name, **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    logger = RunLogger(client, run.info.run_id, tracking_uri)
+    logger = open_run(tracking_uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags)
     try:
         yield logger
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        logger.end("FAILED")
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    logger.end("FINISHED")
+
+
+def end_trial_run(
+    tracking_uri: str, experiment: str, parent_run_id: str, trial_id: str, outcome: str
+) -> None:
+    """Close the child run of a Tune trial (found by its ``avarnet.trial_id`` tag) with its
+    outcome: completed -> FINISHED, stopped_early -> KILLED, failed -> FAILED."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`avarnet.trial_id` = '{trial_id}'",
+    )
+    status = {"completed": "FINISHED", "stopped_early": "KILLED"}.get(outcome, "FAILED")
+    for run in runs:
+        client.set_tag(run.info.run_id, "avarnet.trial_outcome", outcome)
+        client.set_terminated(run.info.run_id, status)
 
 
 def log_epoch(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
