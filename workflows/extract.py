@@ -286,8 +286,9 @@ def _prepare_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
             existing.check_compatible(spec)
         except FeatureSpecMismatch as err:
             raise FeatureSpecMismatch(
-                f"{out_dir} holds features of another FeatureSpec; use another --out or delete "
-                f"it. {err}"
+                err.differences,
+                f"{out_dir} holds features of another FeatureSpec (use another --out or delete "
+                "it); specs differ",
             ) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     ft.save_spec(spec, out_dir)

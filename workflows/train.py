@@ -87,8 +87,9 @@ def check_training_data(
             expected_spec.check_compatible(spec)
         except FeatureSpecMismatch as err:
             raise FeatureSpecMismatch(
+                err.differences,
                 f"{features_dir}: features were extracted with another FeatureSpec than the "
-                f"model's. {err}"
+                "model's",
             ) from None
     parts = ft.part_files(features_dir)
     if not parts:

@@ -61,9 +61,11 @@ class FeatureSpecMismatch(ValueError):
 
     def __init__(self, differences: dict[str, tuple[Any, Any]], context: str = ""):
         self.differences = differences
-        lines = [f"  {k}: {mine!r} != {theirs!r}" for k, (mine, theirs) in differences.items()]
+        diffs = "; ".join(
+            f"{k}: {mine!r} != {theirs!r}" for k, (mine, theirs) in differences.items()
+        )
         head = context or "feature specs differ"
-        super().__init__(f"{head} ({len(differences)} field(s)):\n" + "\n".join(lines))
+        super().__init__(f"{head} ({len(differences)} field(s): {diffs})")
 
 
 @dataclass(frozen=True)

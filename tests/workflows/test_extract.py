@@ -1,0 +1,158 @@
+"""Feature extraction with real Ray Data on real MP4 files (tiny preset)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from avarnet.data.decode import probe
+from avarnet.data.synthetic import write_av_clip
+from avarnet.features import table as ft
+from avarnet.features.backbones import build_feature_spec
+from avarnet.features.spec import FeatureSpec, FeatureSpecMismatch
+
+
+def test_table_has_documented_schema_and_shapes(tiny_features, bench_rows, tiny_spec):
+    fs = ft.read_features(tiny_features)
+    assert sorted(fs.video_id) == sorted(r["video_id"] for r in bench_rows)
+    assert set(fs.split) == {"train", "val", "test"}
+    by_id = {r["video_id"]: r for r in bench_rows}
+    for i, vid in enumerate(fs.video_id):
+        a, v = fs.audio[i], fs.visual[i]
+        # 3 s clips on a 1 s grid: T = 3 for both modalities.
+        assert a.shape == (3, tiny_spec.audio_dim) and a.dtype == np.float32
+        assert v.shape == (3, tiny_spec.visual_dim) and v.dtype == np.float32
+        assert np.isfinite(a).all() and np.isfinite(v).all()
+        assert fs.label[i] == by_id[vid]["label"]
+        assert fs.segment_gt[i].shape == (3,)
+    schema = pq.read_schema(ft.part_files(tiny_features)[0])
+    for col in ("video_id", "path", "label", "labels", "split", "audio", "visual", "has_audio"):
+        assert col in schema.names
+
+
+def test_feature_spec_round_trips(tiny_features, tiny_spec):
+    on_disk = json.loads((tiny_features / ft.SPEC_FILE).read_text())
+    assert FeatureSpec.from_dict(on_disk) == tiny_spec
+    assert ft.read_spec(tiny_features) == tiny_spec
+    # ... and the same spec travels inside every Parquet part's metadata.
+    meta = pq.read_schema(ft.part_files(tiny_features)[0]).metadata
+    assert FeatureSpec.from_json(meta[b"avarnet.feature_spec"].decode()) == tiny_spec
+
+
+def test_clips_without_audio_are_flagged_with_zero_audio(tiny_features, bench_rows):
+    fs = ft.read_features(tiny_features)
+    silent = {r["video_id"] for r in bench_rows if not probe(r["path"]).has_audio}
+    assert silent, "the fixture is generated with some clips lacking audio"
+    for i, vid in enumerate(fs.video_id):
+        assert bool(fs.has_audio[i]) == (vid not in silent)
+        if vid in silent:
+            assert not fs.audio[i].any()
+            assert fs.visual[i].any()
+
+
+def test_rerun_skips_finished_clips(ray_session, tiny_features, bench_rows, tiny_spec):
+    from workflows.extract import run_extract
+
+    parts_before = sorted(p.name for p in ft.part_files(tiny_features))
+    summary = run_extract(bench_rows, tiny_features, tiny_spec, workers=1, progress=False)
+    assert summary.clips_skipped == len(bench_rows)
+    assert summary.clips_ok == 0 and summary.clips_failed == 0
+    assert sorted(p.name for p in ft.part_files(tiny_features)) == parts_before
+
+
+def test_bad_clips_go_to_error_table_and_the_rest_is_written(
+    ray_session, bench_rows, tiny_spec, tmp_path
+):
+    from workflows.extract import run_extract
+
+    good = bench_rows[:3]
+    corrupt = tmp_path / "corrupt.mp4"
+    data = open(good[0]["path"], "rb").read()
+    corrupt.write_bytes(data[: len(data) // 3])
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    short = tmp_path / "short.mp4"  # 0.4 s: shorter than one segment
+    frames = np.full((5, 64, 64, 3), 128, np.uint8)
+    tone = (0.2 * np.sin(np.arange(int(5 / 12 * 16000)) / 5)).astype(np.float32)[None]
+    write_av_clip(short, frames, 12, tone, 16000)
+    extra = [
+        {**good[0], "video_id": "corrupt", "path": str(corrupt)},
+        {**good[0], "video_id": "text", "path": str(text)},
+        {**good[0], "video_id": "missing", "path": str(tmp_path / "gone.mp4")},
+        {**good[0], "video_id": "short", "path": str(short), "gt_intervals": []},
+    ]
+    out = tmp_path / "features"
+    summary = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
+    assert summary.clips_ok == 4 and summary.clips_failed == 3
+    errors = ft.read_errors(out)
+    assert sorted(e["video_id"] for e in errors) == ["corrupt", "missing", "text"]
+    assert {e["stage"] for e in errors} == {"decode"}
+    assert all(e["path"] in e["message"] for e in errors)
+    fs = ft.read_features(out)
+    assert sorted(fs.video_id) == sorted([r["video_id"] for r in good] + ["short"])
+    short_i = fs.video_id.index("short")
+    assert fs.audio[short_i].shape[0] == fs.visual[short_i].shape[0] == 1
+    # A re-run retries only the failed clips; they fail again, nothing is duplicated.
+    again = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
+    assert again.clips_skipped == 4 and again.clips_failed == 3 and again.clips_ok == 0
+    assert len(ft.read_features(out)) == 4
+
+
+def test_spec_mismatch_is_refused_and_nothing_overwritten(ray_session, tiny_features, bench_rows):
+    from workflows.extract import run_extract
+
+    other = build_feature_spec("tiny", frames_per_segment=2)
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_features.iterdir()}
+    with pytest.raises(FeatureSpecMismatch, match="another FeatureSpec"):
+        run_extract(bench_rows, tiny_features, other, workers=1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_features.iterdir()} == before
+
+
+def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from workflows.cli import main
+
+    from avarnet.data.manifest import write_manifest_csv
+
+    data = tmp_path / "data"
+    write_manifest_csv(bench_rows[:3], data / "manifest.csv")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "features"
+    code = main(
+        [
+            "extract",
+            "--data",
+            str(data / "manifest.csv"),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--json",
+            f"tracking.tracking_uri={uri}",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("clips_ok", "clips_failed", "clip_seconds", "wall_seconds", "clip_seconds_per_s"):
+        assert key in result
+    assert result["clips_ok"] == 3 and result["clips_failed"] == 0
+    assert result["clip_seconds"] == pytest.approx(9.0, abs=0.2)
+    run = MlflowClient(uri).get_run(result["run_id"])
+    assert run.data.metrics["clips_ok"] == 3
+    assert run.data.params["feature_spec.audio_dim"] == "64"
+    assert run.data.params["feature_spec.visual_backbone"] == "mobilevit_xxs"
+    names = {a.path for a in MlflowClient(uri).list_artifacts(result["run_id"])}
+    assert ft.SPEC_FILE in names and ft.ERRORS_FILE in names
+
+
+def test_cli_extract_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from workflows.cli import main
+
+    code = main(["extract", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avarnet: error:") and "\n" not in err
