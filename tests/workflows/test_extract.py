@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -70,7 +71,7 @@ def test_bad_clips_go_to_error_table_and_the_rest_is_written(
 
     good = bench_rows[:3]
     corrupt = tmp_path / "corrupt.mp4"
-    data = open(good[0]["path"], "rb").read()
+    data = Path(good[0]["path"]).read_bytes()
     corrupt.write_bytes(data[: len(data) // 3])
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n")
@@ -114,9 +115,8 @@ def test_spec_mismatch_is_refused_and_nothing_overwritten(ray_session, tiny_feat
 def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from workflows.cli import main
-
     from avarnet.data.manifest import write_manifest_csv
+    from workflows.cli import main
 
     data = tmp_path / "data"
     write_manifest_csv(bench_rows[:3], data / "manifest.csv")
