@@ -350,7 +350,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from avarnet.evaluation import format_report
     from workflows.runtime import ray_session
-    from workflows.train import run_training
+    from workflows.train import check_training_data, run_training
 
     features = Path(args.features).resolve()
     extra = [f"output_dir={features.parent}"]
@@ -365,6 +365,7 @@ def _run_train(args: argparse.Namespace) -> int:
             extra.append(f"{key}={getattr(args, flag)}")
     cfg = _load_cfg(args, extra)
     uri = _tracking_uri(cfg, Path(cfg.output_dir))
+    check_training_data(features)  # bad data fails here, before Ray starts
     with ray_session():
         res = run_training(cfg, features, tracking_uri=uri)
     result = {k: v for k, v in res.items() if k != "report"}

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,11 @@ def check_training_data(
         raise TrainingDataError(
             f"{features_dir}: the training split has a single class ({sorted(train_labels)}); "
             "a classifier needs at least two"
+        )
+    if not split_counts.get("test") and not split_counts.get("val"):
+        raise TrainingDataError(
+            f"{features_dir}: no test or val clips to evaluate on ({split_counts}); give the "
+            "manifest a split column or more clips per class"
         )
     for split in ("val", "test"):
         unseen = labels_by_split.get(split, set()) - train_labels
@@ -244,7 +251,7 @@ def train_loop_per_worker(config: dict) -> None:
             optim.zero_grad()
             loss.backward()
             optim.step()
-            total += float(loss) * len(targets)
+            total += loss.item() * len(targets)
             count += len(targets)
         metrics = {
             "epoch": epoch,
@@ -252,8 +259,10 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch_seconds": time.perf_counter() - t0,
         }
         metrics.update(_evaluate(model, val_ds, config, device))
-        if metrics.get("val_macro_f1", 0.0) > best["val_macro_f1"]:
-            best = {"val_macro_f1": metrics["val_macro_f1"], "epoch": epoch}
+        # Best by validation macro-F1; without a validation split, the latest epoch.
+        score = metrics.get("val_macro_f1", float(epoch) / max(config["epochs"], 1))
+        if score > best["val_macro_f1"]:
+            best = {"val_macro_f1": score, "epoch": epoch}
             best_state = {
                 k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
             }
@@ -262,7 +271,7 @@ def train_loop_per_worker(config: dict) -> None:
             from workflows.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
-        with tempfile.TemporaryDirectory() as tmp:
+        with _checkpoint_dir(config, epoch) as tmp:
             checkpoint = None
             if rank == 0:
                 torch.save(_unwrap(model).state_dict(), Path(tmp) / "model.pt")
@@ -272,6 +281,26 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(tmp) / "state.json").write_text(json.dumps(state))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@contextmanager
+def _checkpoint_dir(config: dict, epoch: int):
+    """Where a worker writes an epoch's checkpoint before ``ray.train.report``.
+
+    Distributed runs upload it to the run's storage during ``report``, so a temporary folder
+    will do. ``num_workers=0`` (in-process) keeps a reference to the folder itself, so it
+    must outlive the call: it goes under ``local_checkpoint_root``, keeping the last two.
+    """
+    root = config.get("local_checkpoint_root")
+    if not root:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield tmp
+        return
+    path = Path(root) / f"checkpoint_{epoch:06d}"
+    path.mkdir(parents=True, exist_ok=True)
+    yield str(path)
+    for old in sorted(Path(root).glob("checkpoint_*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # What a checkpoint records so that it can become a model artifact on its own.
@@ -328,9 +357,15 @@ def build_trainer(
         "run_id": run_id,
     }
     loop_config.update(loop_overrides or {})
+    run_name = name or f"train-{int(time.time())}"
+    storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
+    if cfg.train.workers == 0:
+        loop_config["local_checkpoint_root"] = str(storage / run_name / "local_checkpoints")
     files = [str(p) for p in ft.part_files(features_dir)]
     columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
-    table = ray.data.read_parquet(files, columns=columns)
+    # Feature tables are small (T x D floats per clip): read them once into the object
+    # store, so that epochs do not re-read Parquet.
+    table = ray.data.read_parquet(files, columns=columns).materialize()
     datasets = {
         "train": table.filter(expr="split == 'train'"),
         "val": table.filter(expr="split == 'val'"),
@@ -340,7 +375,6 @@ def build_trainer(
     resources = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
-    storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -350,7 +384,7 @@ def build_trainer(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name=name or f"train-{int(time.time())}",
+            name=run_name,
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -438,8 +472,10 @@ def run_training(
         with result.checkpoint.as_directory() as d:
             artifact, state = artifact_from_checkpoint(d, facts.spec, cfg, model_dir)
         predictor = Predictor.from_dir(artifact)
-        test = ft.read_features(features_dir, splits=["test"])
+        eval_split = "test" if facts.split_counts.get("test") else "val"
+        test = ft.read_features(features_dir, splits=[eval_split])
         report = evaluate(predictor, test, out_dir=model_dir / "eval")
+        report["split"] = eval_split
         test_metrics = {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
         run.log_metrics(test_metrics)
         run.log_metrics({"train_wall_seconds": time.perf_counter() - t0})

@@ -1,0 +1,206 @@
+"""Training with real Ray Train on the tiny feature table; MLflow checked through its client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from avarnet.config import load_config
+from avarnet.features import table as ft
+from avarnet.features.backbones import build_feature_spec
+from avarnet.predictor import Predictor
+from workflows.train import TrainingDataError, check_training_data, run_training
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "model.name=avarnet_tiny",
+            "train.epochs=3",
+            "train.batch_size=8",
+            "train.lr=0.003",
+            "train.cpus_per_worker=0.5",
+            *overrides,
+        ],
+    )
+
+
+# ------------------------------------------------------------------ bad data, before training
+def _table(tmp_path: Path, rows: list[tuple[str, str]], spec=None, nan: bool = False) -> Path:
+    spec = spec or build_feature_spec("tiny")
+    rng = np.random.default_rng(0)
+    clips = []
+    for i, (label, split) in enumerate(rows):
+        audio = rng.normal(size=(3, spec.audio_dim)).astype(np.float32)
+        if nan and i == 0:
+            audio[1, 2] = np.nan
+        clips.append(
+            {
+                "video_id": f"v{i}",
+                "path": f"/data/v{i}.mp4",
+                "label": label,
+                "labels": [label],
+                "split": split,
+                "audio": audio,
+                "visual": rng.normal(size=(3, spec.visual_dim)).astype(np.float32),
+                "has_audio": True,
+                "duration_s": 3.0,
+                "segment_gt": np.zeros(3, np.int8),
+            }
+        )
+    out = tmp_path / "features"
+    ft.save_spec(spec, out)
+    ft.write_part(clips, out, spec)
+    return out
+
+
+GOOD = [("Normal", "train"), ("Abuse", "train"), ("Normal", "test"), ("Abuse", "val")]
+
+
+@pytest.mark.parametrize(
+    "rows, nan, match",
+    [
+        ([("Normal", "test"), ("Abuse", "test")], False, "training split is empty"),
+        ([("Normal", "train"), ("Normal", "train"), ("Normal", "test")], False, "single class"),
+        (GOOD + [("Crash", "test")], False, r"test labels \['Crash'\] never occur"),
+        (GOOD, True, "NaN values in the audio features"),
+    ],
+)
+def test_bad_training_data_is_refused_before_training(tmp_path, rows, nan, match):
+    with pytest.raises(TrainingDataError, match=match):
+        check_training_data(_table(tmp_path, rows, nan=nan))
+
+
+def test_features_of_another_spec_are_refused(tmp_path):
+    from avarnet.features.spec import FeatureSpecMismatch
+
+    d = _table(tmp_path, GOOD)
+    with pytest.raises(FeatureSpecMismatch, match="another FeatureSpec") as err:
+        check_training_data(d, build_feature_spec("tiny", frames_per_segment=2))
+    assert "frames_per_segment" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_train_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from workflows.cli import main
+
+    d = _table(tmp_path, [("Normal", "train"), ("Normal", "test")])
+    assert main(["train", "--features", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avarnet: error:") and "single class" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------- real training runs
+@pytest.fixture(scope="module")
+def trained(ray_session, tiny_features, tmp_path_factory):
+    """One in-process training run (ScalingConfig(num_workers=0)), shared by the checks."""
+    out = tmp_path_factory.mktemp("train0")
+    cfg = _cfg(out, "train.workers=0", "train.epochs=4")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    return cfg, uri, run_training(cfg, tiny_features, tracking_uri=uri)
+
+
+def test_in_process_training_logs_everything_to_mlflow(trained, tiny_features):
+    cfg, uri, res = trained
+    client = MlflowClient(uri)
+    run = client.get_run(res["run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.name"] == "avarnet_tiny" and params["train.epochs"] == "4"
+    assert params["features_dir"] == str(tiny_features)
+    # Per-epoch metrics, one point per epoch, and the final test metrics.
+    history = client.get_metric_history(res["run_id"], "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    assert len(client.get_metric_history(res["run_id"], "val_macro_f1")) == 4
+    assert run.data.metrics["test_accuracy"] == pytest.approx(res["accuracy"])
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(res["macro_f1"])
+    arts = {a.path for a in client.list_artifacts(res["run_id"], "eval")}
+    assert {"eval/confusion_matrix.png", "eval/report.json"} <= arts
+    model_files = {a.path for a in client.list_artifacts(res["run_id"], "model")}
+    assert {"model/model.json", "model/model.pt"} <= model_files
+    # Registered as a new version of 'avarnet'.
+    assert res["model_uri"] == "models:/avarnet/1"
+    mv = client.get_model_version("avarnet", "1")
+    assert mv.run_id == res["run_id"]
+
+
+def test_registered_model_predicts_like_the_artifact(trained, tiny_features):
+    from workflows.tracking import download_model
+
+    cfg, uri, res = trained
+    local = Predictor.from_dir(res["artifact_dir"])
+    remote = Predictor.load(res["model_uri"], resolver=lambda u: download_model(u, uri))
+    fs = ft.read_features(tiny_features, splits=["test"])
+    a = local.predict(fs.audio, fs.visual, fs.has_audio)
+    b = remote.predict(fs.audio, fs.visual, fs.has_audio)
+    assert len(a) == len(b) == len(fs)
+    for pa, pb, clip in zip(a, b, fs.audio):
+        np.testing.assert_allclose(pa.probabilities, pb.probabilities, rtol=1e-6)
+        assert pa.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert pa.segment_scores.shape == (len(clip),)
+    assert remote.labels == local.labels and remote.spec == fs.spec
+    desc = json.loads((Path(res["artifact_dir"]) / "model.json").read_text())
+    assert desc["feature_spec"]["audio_dim"] == fs.spec.audio_dim
+
+
+def test_two_worker_ddp_training(ray_session, tiny_features, tmp_path):
+    cfg = _cfg(tmp_path, "train.workers=2", "train.epochs=2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_training(cfg, tiny_features, tracking_uri=uri, register=False)
+    assert 0.0 <= res["accuracy"] <= 1.0
+    history = MlflowClient(uri).get_metric_history(res["run_id"], "train_loss")
+    assert sorted(m.step for m in history) == [0, 1]  # rank 0 logs once per epoch
+
+
+def test_training_resumes_from_checkpoint_after_a_failure(ray_session, tiny_features, tmp_path):
+    marker = tmp_path / "failed-once"
+    cfg = _cfg(tmp_path, "train.workers=1", "train.epochs=3", "train.max_failures=1")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_training(
+        cfg,
+        tiny_features,
+        tracking_uri=uri,
+        register=False,
+        loop_overrides={"fail_once_at_epoch": 2, "fail_marker": str(marker)},
+    )
+    assert marker.exists()  # the worker did fail at epoch 2 ...
+    history = MlflowClient(uri).get_metric_history(res["run_id"], "train_loss")
+    # ... and the restarted worker went on from the epoch-1 checkpoint: no epoch ran twice.
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert res["accuracy"] >= 0.0
+
+
+def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capsys):
+    from workflows.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path}"]
+    args = ["train", "--features", str(tiny_features), "--epochs", "2", "--workers", "0"]
+    assert main([*args, "--json", *common]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"accuracy", "macro_f1", "run_id", "model_uri"} <= set(trained)
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            trained["model_uri"],
+            "--features",
+            str(tiny_features),
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "eval"),
+            "--json",
+        ]
+    )
+    assert code == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["accuracy"] == pytest.approx(trained["accuracy"])
+    assert ev["macro_f1"] == pytest.approx(trained["macro_f1"])
+    assert (tmp_path / "eval" / "report.json").exists()
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
