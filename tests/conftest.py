@@ -15,16 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def ray_session():
     """A local Ray with 2 CPUs for the whole session; stopped at the end (only this one)."""
     import ray
-    from ray.data import DataContext
+
+    from workflows.runtime import init_kwargs, quiet_driver
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        )
-    DataContext.get_current().enable_progress_bars = False
+        # Tests always run their own local Ray, whatever RAY_ADDRESS says.
+        ray.init(include_dashboard=False, **init_kwargs(num_cpus=2, address=None))
+    quiet_driver()
     yield ray
     ray.shutdown()
 

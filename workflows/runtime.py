@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Workers (Ray Data operators, Ray Train's split coordinator) would otherwise print
+# per-operator progress bars into the driver's log; our own progress is a tqdm bar per stage.
+WORKER_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+_FROM_ENV = object()
+
+
+def init_kwargs(num_cpus: int | None = None, address: str | None | object = _FROM_ENV) -> dict:
+    """``ray.init`` arguments: the cluster at ``address`` (default ``RAY_ADDRESS``, set
+    inside a Ray job), or a new local Ray when there is none."""
+    import ray
+
+    if address is _FROM_ENV:
+        address = os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"logging_config": ray.LoggingConfig(log_level="WARNING")}
+    if address:
+        # Inside `ray job submit` the job's runtime_env (working_dir) already applies.
+        kwargs["address"] = address
+        return kwargs
+    if num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    # Workers import the project from the driver's working directory.
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root(), **WORKER_ENV}}
+    return kwargs
+
+
+def quiet_driver() -> None:
+    """Keep the driver's output to warnings and our own progress bars."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -15,21 +53,10 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
 
     started = False
     if not ray.is_initialized():
-        kwargs: dict = {"logging_level": "WARNING", "log_to_driver": True}
-        if os.environ.get("RAY_ADDRESS"):
-            kwargs["address"] = os.environ["RAY_ADDRESS"]
-        elif num_cpus is not None:
-            kwargs["num_cpus"] = num_cpus
-        # Workers import the project from the driver's working directory.
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": _project_root()}}
-        if "address" in kwargs:
-            kwargs.pop("runtime_env")
-        ray.init(**kwargs)
+        ray.init(**init_kwargs(num_cpus))
         started = True
     if quiet:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
+        quiet_driver()
     try:
         yield
     finally:
@@ -37,5 +64,5 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
             ray.shutdown()
 
 
-def _project_root() -> str:
+def project_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

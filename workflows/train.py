@@ -331,6 +331,7 @@ def build_trainer(
     """
     import ray.data
     import ray.train
+    from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
     features_dir = Path(features_dir).resolve()
@@ -365,10 +366,10 @@ def build_trainer(
     columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
     # Feature tables are small (T x D floats per clip): read them once into the object
     # store, so that epochs do not re-read Parquet.
-    table = ray.data.read_parquet(files, columns=columns).materialize()
+    table = ray.data.read_parquet(files).select_columns(columns).materialize()
     datasets = {
-        "train": table.filter(expr="split == 'train'"),
-        "val": table.filter(expr="split == 'val'"),
+        "train": table.filter(expr=col("split") == "train"),
+        "val": table.filter(expr=col("split") == "val"),
     }
     workers = cfg.train.workers
     use_gpu = cfg.train.gpus_per_worker > 0
