@@ -78,7 +78,12 @@ class FeaturesConfig:
     frames_per_segment: int | None = None
     workers: int = 1  # encoder actors
     gpus_per_worker: float = 0.0
-    decode_workers: int = 1  # concurrent decode tasks
+    encoder_cpus: float = 1.0  # CPUs reserved per encoder actor
+    # torch threads per encoder actor: None = Ray's default (its CPUs), 0 = every core
+    threads_per_worker: int | None = None
+    decode_workers: int | None = None  # concurrent decode tasks (None: as CPUs allow)
+    decode_cpus: float = 1.0  # CPUs reserved per decode task
+    clips_per_task: int = 1  # clips per decode task (more: less per-task overhead)
     batch_size: int = 4  # chunks per encoder call
     chunk_segments: int = 32
 

@@ -276,7 +276,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     from avarnet.data.manifest import read_manifest
     from workflows import tracking
-    from workflows.extract import run_extract, spec_from_config
+    from workflows.extract import extract_with_config, spec_from_config
     from workflows.runtime import ray_session
 
     extra = []
@@ -291,20 +291,11 @@ def _run_extract(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.data, format=args.format, annotations=args.annotations)
     for prob in manifest.problems:
         print(f"avarnet: warning: {prob['file']}: {prob['reason']}", file=sys.stderr)
-    spec = spec_from_config(cfg)
+    spec_from_config(cfg)  # a bad preset or backbone fails here, before Ray starts
     uri = _tracking_uri(cfg, out.parent)
     with ray_session(), tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
         run.log_config(cfg)
-        summary = run_extract(
-            manifest.rows,
-            out,
-            spec,
-            workers=cfg.features.workers,
-            gpus_per_worker=cfg.features.gpus_per_worker,
-            batch_size=cfg.features.batch_size,
-            progress=not args.json,
-            logger=run,
-        )
+        summary = extract_with_config(cfg, manifest.rows, out, progress=not args.json, logger=run)
         result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": uri}
     for e in summary.errors:
         print(f"avarnet: failed: {e['message']}", file=sys.stderr)

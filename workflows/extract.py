@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,30 @@ def spec_from_config(cfg: Config) -> FeatureSpec:
     return build_feature_spec(f.preset, **overrides)
 
 
+def extract_with_config(
+    cfg: Config, rows: list[dict], out_dir: str | os.PathLike, *, progress: bool, logger: Any
+) -> ExtractSummary:
+    """:func:`run_extract` with the spec and the parallelism of ``cfg.features`` (the CLI and
+    the pipeline both extract through here)."""
+    f = cfg.features
+    return run_extract(
+        rows,
+        out_dir,
+        spec_from_config(cfg),
+        workers=f.workers,
+        gpus_per_worker=f.gpus_per_worker,
+        decode_cpus=f.decode_cpus,
+        decode_workers=f.decode_workers,
+        encoder_cpus=f.encoder_cpus,
+        clips_per_task=f.clips_per_task,
+        threads_per_worker=f.threads_per_worker,
+        chunk_segments=f.chunk_segments,
+        batch_size=f.batch_size,
+        progress=progress,
+        logger=logger,
+    )
+
+
 @dataclass
 class ExtractSummary:
     out_dir: str
@@ -61,6 +86,7 @@ class ExtractSummary:
     clip_seconds: float  # seconds of video extracted by this run
     wall_seconds: float
     errors: list[dict] = field(default_factory=list)
+    startup_seconds: float = 0.0  # until the first clip was done (actor start-up included)
 
     @property
     def clip_seconds_per_s(self) -> float:
@@ -76,6 +102,7 @@ class ExtractSummary:
             "clip_seconds": round(self.clip_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "clip_seconds_per_s": round(self.clip_seconds_per_s, 3),
+            "startup_seconds": round(self.startup_seconds, 3),
         }
 
 
@@ -99,34 +126,32 @@ def _error_row(row: dict, stage: str, message: str, opts: DecodeOptions) -> dict
     }
 
 
-def decode_row(row: dict, *, opts: DecodeOptions) -> list[dict]:
-    """One manifest row -> its decoded chunks (or one error row). Runs in Ray tasks."""
-    out = []
+def decode_row(row: dict, *, opts: DecodeOptions) -> Iterator[dict]:
+    """One manifest row -> its decoded chunks, then possibly one error row. Runs in Ray
+    tasks. A generator: Ray Data cuts its output into blocks as it goes, so a long clip is
+    never held whole in memory (one chunk is ``chunk_segments`` segments of frames)."""
     try:
         for c in iter_chunks(row["path"], opts):
-            out.append(
-                {
-                    "video_id": row["video_id"],
-                    "path": row["path"],
-                    "chunk_index": c.chunk_index,
-                    "n_chunks": c.n_chunks,
-                    "segment_start": c.segment_start,
-                    "n_segments_total": c.n_segments_total,
-                    "duration_s": c.info.duration_s,
-                    "fps": c.info.fps,
-                    "has_audio": c.has_audio,
-                    "bounds_s": c.bounds_s,
-                    "frames": c.frames,
-                    "audio": c.audio,
-                    "stage": "",
-                    "error": "",
-                }
-            )
+            yield {
+                "video_id": row["video_id"],
+                "path": row["path"],
+                "chunk_index": c.chunk_index,
+                "n_chunks": c.n_chunks,
+                "segment_start": c.segment_start,
+                "n_segments_total": c.n_segments_total,
+                "duration_s": c.info.duration_s,
+                "fps": c.info.fps,
+                "has_audio": c.has_audio,
+                "bounds_s": c.bounds_s,
+                "frames": c.frames,
+                "audio": c.audio,
+                "stage": "",
+                "error": "",
+            }
     except DecodeError as err:
-        return [_error_row(row, "decode", str(err), opts)]
+        yield _error_row(row, "decode", str(err), opts)
     except Exception as err:  # an unexpected decoder failure must not fail the job
-        return [_error_row(row, "decode", f"{row['path']}: {type(err).__name__}: {err}", opts)]
-    return out
+        yield _error_row(row, "decode", f"{row['path']}: {type(err).__name__}: {err}", opts)
 
 
 class ChunkEncoder:
@@ -137,6 +162,8 @@ class ChunkEncoder:
 
         from avarnet.features.backbones import build_encoders
 
+        if threads == 0:  # every core of the node (CPU-only: decode tasks share them)
+            threads = os.cpu_count() or 1
         if threads:
             torch.set_num_threads(threads)
         if device is None:
@@ -302,6 +329,10 @@ def run_extract(
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     decode_cpus: float = 1.0,
+    decode_workers: int | None = None,
+    encoder_cpus: float = 1.0,
+    clips_per_task: int = 1,
+    chunk_segments: int = 32,
     batch_size: int = 4,
     flush_clips: int = 64,
     threads_per_worker: int | None = None,
@@ -325,11 +356,14 @@ def run_extract(
     if logger is not None:
         logger.log_params({"feature_spec": spec.to_dict(), "workers": workers, "clips": len(rows)})
     asm = _Assembler(rows_by_id, out, spec, flush_clips)
+    startup_s = 0.0
     if todo:
-        opts = spec.decode_options()
+        opts = spec.decode_options(chunk_segments=chunk_segments)
         items = [{"video_id": r["video_id"], "path": r["path"]} for r in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.flat_map(decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus)
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
+        ds = ds.flat_map(
+            decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus, concurrency=decode_workers
+        )
         ds = ds.map_batches(
             ChunkEncoder,
             fn_constructor_kwargs={"spec_json": spec.to_json(), "threads": threads_per_worker},
@@ -337,13 +371,14 @@ def run_extract(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=gpus_per_worker,
-            num_cpus=1,
+            num_cpus=encoder_cpus,
         )
         bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
         try:
             for item in ds.iter_rows():
                 if asm.add(item):
                     bar.update(1)
+                    startup_s = startup_s or time.perf_counter() - t0
         finally:
             asm.flush()  # keep what finished, even when interrupted
             bar.close()
@@ -357,6 +392,7 @@ def run_extract(
         clip_seconds=asm.clip_seconds,
         wall_seconds=time.perf_counter() - t0,
         errors=asm.errors,
+        startup_seconds=startup_s,
     )
     if logger is not None:
         logger.log_metrics(

@@ -133,19 +133,11 @@ class Pipeline:
 
     def stage_extract(self, parent_run_id: str | None, run) -> dict:
         from avarnet.data.manifest import read_manifest
-        from workflows.extract import run_extract, spec_from_config
+        from workflows.extract import extract_with_config
 
         rows = read_manifest(self.data_dir / "manifest.csv").rows
-        f = self.cfg.features
-        summary = run_extract(
-            rows,
-            self.features_dir,
-            spec_from_config(self.cfg),
-            workers=f.workers,
-            gpus_per_worker=f.gpus_per_worker,
-            batch_size=f.batch_size,
-            progress=self.progress,
-            logger=run,
+        summary = extract_with_config(
+            self.cfg, rows, self.features_dir, progress=self.progress, logger=run
         )
         d = summary.to_dict()
         d["metric"] = (

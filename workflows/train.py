@@ -154,6 +154,12 @@ def _collate(table, labels: list[str], multilabel: bool, max_len: int | None, rn
 
 
 def _evaluate(model, dataset, cfg: dict, device) -> dict[str, float]:
+    batches = dataset.iter_batches(batch_size=cfg["batch_size"], batch_format="pyarrow")
+    return _evaluate_batches(model, batches, cfg, device)
+
+
+def _evaluate_batches(model, batches, cfg: dict, device) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 over pyarrow batches of feature rows."""
     import torch
 
     from avarnet.metrics import classification_metrics
@@ -164,7 +170,7 @@ def _evaluate(model, dataset, cfg: dict, device) -> dict[str, float]:
     y_pred: list[int] = []
     losses: list[float] = []
     with torch.inference_mode():
-        for table in dataset.iter_batches(batch_size=cfg["batch_size"], batch_format="pyarrow"):
+        for table in batches:
             batch, targets = _collate(table, cfg["labels"], cfg["multilabel"], None, None)
             batch, targets = batch.to(device), targets.to(device)
             out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)

@@ -1,0 +1,182 @@
+"""Training epoch time: Ray Train (one worker) against a plain PyTorch loop, on the same
+feature table, model, batch size and per-epoch work (a training pass and a validation
+pass), in one run.
+
+  plain      batches cut from the table in memory (the same collation code), AdamW, the
+             same loss; no checkpoints, no logging;
+  Ray Train  ``workflows.train.build_trainer`` with ``ScalingConfig(num_workers=1)``:
+             Ray Data shards, per-epoch checkpoint, ``ray.train.report``, MLflow metrics.
+
+Seconds per epoch for Ray Train are the wall time between consecutive epoch reports (from
+the MLflow metric timestamps), after the first epoch; the loop's own ``epoch_seconds`` (the
+training pass alone, inside the worker) shows what the rest costs. The first epoch and the
+worker start-up are printed apart.
+
+    .venv/bin/python benchmarks/train.py [--features DIR | --clips-per-class 20]
+        [--models avarnet_tiny,avarnet_base] [--epochs 8] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from avarnet.config import load_config  # noqa: E402
+
+
+def _plain_loop(cfg, features: Path, epochs: int) -> list[float]:
+    """Seconds per epoch of the plain loop (train + validation pass)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import torch
+
+    from avarnet.features import table as ft
+    from avarnet.models import create_model
+    from avarnet.models.losses import avarnet_loss
+    from workflows.train import _collate, _evaluate_batches, check_training_data, model_kwargs
+
+    facts = check_training_data(features)
+    labels = facts.labels
+    normal = labels.index("Normal") if "Normal" in labels else None
+    cols = ["label", "labels", "split", "audio", "visual", "has_audio"]
+    table = pa.concat_tables(pq.read_table(p, columns=cols) for p in ft.part_files(features))
+    train = table.filter(pc.equal(table["split"], "train"))
+    val = table.filter(pc.equal(table["split"], "val"))
+    torch.manual_seed(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+    kwargs = model_kwargs(cfg, facts.spec, len(labels), normal, facts.multilabel)
+    model = create_model(cfg.model.name, **kwargs)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=1e-4)
+    bs = cfg.train.batch_size
+    loop_cfg = {"batch_size": bs, "labels": labels, "multilabel": False, "smoothing_weight": 0.15}
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = rng.permutation(train.num_rows)
+        for i in range(0, len(order), bs):
+            batch, targets = _collate(
+                train.take(order[i : i + bs]), labels, False, cfg.train.max_segments, rng
+            )
+            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
+            loss, _ = avarnet_loss(out, targets, batch.mask, smoothing_weight=0.15)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        batches = (val.slice(i, bs) for i in range(0, val.num_rows, bs))
+        _evaluate_batches(model, batches, loop_cfg, torch.device("cpu"))
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _ray_train(cfg, features: Path, tmp: Path) -> tuple[list[float], list[float], float]:
+    """(wall seconds between epoch reports, the loop's own training-pass seconds, fit wall)."""
+    from mlflow.tracking import MlflowClient
+
+    from workflows import tracking
+    from workflows.train import build_trainer
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with tracking.start_run(uri, "bench", cfg.model.name) as run:
+        trainer = build_trainer(cfg, features, tracking_uri=uri, run_id=run.run_id)
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        fit_s = time.perf_counter() - t0
+        if result.error:
+            raise result.error
+    client = MlflowClient(uri)
+    steps = sorted(client.get_metric_history(run.run_id, "train_loss"), key=lambda m: m.step)
+    walls = [(b.timestamp - a.timestamp) / 1000 for a, b in zip(steps, steps[1:])]
+    inner = sorted(client.get_metric_history(run.run_id, "epoch_seconds"), key=lambda m: m.step)
+    return walls, [m.value for m in inner], fit_s
+
+
+def _features(args, tmp: Path) -> Path:
+    if args.features:
+        return Path(args.features).resolve()
+    from avarnet.data.manifest import read_manifest
+    from avarnet.data.synthetic import generate_benchmark
+    from avarnet.features.backbones import build_feature_spec
+    from workflows.extract import run_extract
+
+    generate_benchmark(tmp / "bench", clips_per_class=args.clips_per_class, seconds=4.0)
+    rows = read_manifest(tmp / "bench" / "manifest.csv").rows
+    run_extract(rows, tmp / "features", build_feature_spec("tiny"), progress=False)
+    return tmp / "features"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--features", help="an existing feature table (default: generate one)")
+    ap.add_argument("--clips-per-class", type=int, default=20)
+    ap.add_argument("--models", default="avarnet_tiny,avarnet_base")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    import ray
+    import torch
+
+    from workflows.runtime import init_kwargs, quiet_driver
+
+    ray.init(include_dashboard=False, **init_kwargs(num_cpus=os.cpu_count(), address=None))
+    quiet_driver()
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            features = _features(args, tmp)
+            from avarnet.features import table as ft
+
+            n = {s: 0 for s in ("train", "val", "test")}
+            for s in ft.read_features(features).split:
+                n[s] = n.get(s, 0) + 1
+            print(f"table: {features} {n}; batch {args.batch_size}; {args.epochs} epochs")
+            print(
+                f"{'model':<14} {'plain s/ep':>10} {'Ray s/ep':>9} {'ratio':>6} "
+                f"{'Ray pass':>9} {'Ray 1st ep':>10} {'Ray fit':>8}"
+            )
+            for name in args.models.split(","):
+                cfg = load_config(
+                    None,
+                    [
+                        f"output_dir={tmp / name}",
+                        f"model.name={name}",
+                        f"train.epochs={args.epochs}",
+                        f"train.batch_size={args.batch_size}",
+                        "train.workers=1",
+                        f"train.cpus_per_worker={os.cpu_count()}",
+                    ],
+                )
+                # The Ray worker gets all CPUs (torch threads = its CPUs); so does the loop.
+                torch.set_num_threads(os.cpu_count() or 1)
+                plain = _plain_loop(cfg, features, args.epochs)
+                walls, inner, fit_s = _ray_train(cfg, features, tmp / name)
+                p = float(np.median(plain[1:]))
+                r = float(np.median(walls[1:] if len(walls) > 2 else walls))
+                print(
+                    f"{name:<14} {p:>10.3f} {r:>9.3f} {r / p:>6.2f} "
+                    f"{float(np.median(inner[1:])):>9.3f} {inner[0]:>10.2f} {fit_s:>8.1f}"
+                )
+            print(
+                "s/ep: median seconds per epoch after the first (train + validation pass); "
+                "'Ray pass': the training pass alone inside the worker; 'Ray fit': the whole "
+                "trainer.fit() wall time, worker start-up included."
+            )
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
