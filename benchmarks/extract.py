@@ -196,7 +196,7 @@ def main() -> None:
     )
     ap.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task in (b)")
     ap.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task in (b)")
-    ap.add_argument("--batch-size", type=int, default=4, help="chunks per encoder call")
+    ap.add_argument("--batch-size", type=int, default=1, help="chunks per encoder call")
     ap.add_argument("--long-minutes", type=float, default=10.0, help="0 skips the long clip")
     ap.add_argument("--_decode-peak", dest="decode_peak", help=argparse.SUPPRESS)
     args = ap.parse_args()

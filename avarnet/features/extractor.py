@@ -159,7 +159,8 @@ class FeatureEncoders:
         out = torch.empty((total, self.spec.visual_dim), dtype=torch.float32)
         pos = 0
         for batch in _frame_batches(flat, self.visual_batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+            x = torch.from_numpy(np.require(batch, requirements=["C", "W"]))
+            x = x.to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(self._mean).div_(self._std)
             out[pos : pos + len(batch)] = self.visual_model(x).float().cpu()
             pos += len(batch)
