@@ -114,6 +114,8 @@ class TrainConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    # torch threads per training worker: None = Ray's default (its CPUs), 0 = every core
+    threads_per_worker: int | None = None
     seed: int = 0
     max_failures: int = 1
     max_segments: int = 512  # longer clips are cut to this many steps for training
@@ -126,10 +128,13 @@ class TuneConfig:
     trials: int = 8
     max_concurrent: int = 1
     time_budget_s: float | None = None
-    grace_period: int = 2
+    grace_period: int = 2  # epochs before ASHA may stop a trial
     reduction_factor: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # per training worker of a trial (train.cpus_per_worker)
+    gpus_per_trial: float = 0.0  # per training worker of a trial (train.gpus_per_worker)
+    # Config key -> {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {choice: [...]};
+    # None: tune.search.SEARCH_SPACE.
+    space: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return _from_dict(tp, value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -156,10 +156,11 @@ def main() -> None:
                         f"train.epochs={args.epochs}",
                         f"train.batch_size={args.batch_size}",
                         "train.workers=1",
-                        f"train.cpus_per_worker={os.cpu_count()}",
+                        "train.cpus_per_worker=1",  # Ray Data needs a CPU beside it
+                        "train.threads_per_worker=0",  # but torch uses every core
                     ],
                 )
-                # The Ray worker gets all CPUs (torch threads = its CPUs); so does the loop.
+                # torch uses every core in the Ray worker and in the loop.
                 torch.set_num_threads(os.cpu_count() or 1)
                 plain = _plain_loop(cfg, features, args.epochs)
                 walls, inner, fit_s = _ray_train(cfg, features, tmp / name)

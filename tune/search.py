@@ -3,56 +3,94 @@
 Each trial is a function that builds its ``TorchTrainer`` with the same
 :func:`workflows.train.build_trainer` as plain training, with Tune's sampled values as
 config overrides and ``TuneReportCallback`` in its run config, and calls ``fit()``.
-ASHA stops weak trials on validation macro-F1; Optuna (TPE) proposes configurations.
+ASHA stops weak trials on validation macro-F1 (one Tune iteration = one epoch); Optuna
+(TPE) proposes configurations.
 
 MLflow: a parent run for the search, a child run per trial (params, per-epoch metrics,
 ``avarnet.trial_outcome`` = completed | stopped_early | failed). The best trial's model is
 evaluated on the test split, registered as a new version of ``avarnet`` and given the
-alias ``champion``. An interrupted search resumes from ``<output_dir>/tune/<name>``.
+alias ``champion``; the parent run keeps a table of the trials and a plot of validation
+macro-F1 against the searched hyperparameters.
+
+Interrupted searches (Ctrl-C, a lost driver) resume: running the same search again (same
+``output_dir`` and name) restores it from ``<output_dir>/tune/<name>`` with
+``Tuner.restore``, continues the unfinished trials from their checkpoints and reuses the
+parent MLflow run.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from avarnet.config import Config, apply_overrides, config_to_dict
+from avarnet.config import Config, ConfigError, apply_overrides, config_to_dict
 
-__all__ = ["SEARCH_SPACE", "run_search", "sample_space"]
+__all__ = ["SEARCH_SPACE", "SearchInterrupted", "check_space", "run_search", "to_tune_space"]
 
-# Config key -> (kind, arguments). Kinds: loguniform(lo, hi), uniform(lo, hi), choice([...]).
-SEARCH_SPACE: dict[str, tuple[str, Any]] = {
-    "train.lr": ("loguniform", (3e-4, 1e-2)),
-    "model.num_stages": ("choice", [1, 2, 3]),
-    "model.num_layers": ("choice", [4, 6, 8]),
-    "model.num_filters": ("choice", [16, 32, 64]),
-    "model.dropout": ("uniform", (0.0, 0.5)),
-    "train.smoothing_weight": ("uniform", (0.0, 0.3)),
-    "model.modality_dropout": ("uniform", (0.0, 0.4)),
-    "model.fusion": ("choice", ["early", "late"]),
+# The default search space: config key -> {kind: arguments}.
+SEARCH_SPACE: dict[str, dict[str, list]] = {
+    "train.lr": {"loguniform": [3e-4, 1e-2]},
+    "model.num_stages": {"choice": [1, 2, 3]},
+    "model.num_layers": {"choice": [4, 6, 8]},
+    "model.num_filters": {"choice": [16, 32, 64]},
+    "model.dropout": {"uniform": [0.0, 0.5]},
+    "train.smoothing_weight": {"uniform": [0.0, 0.3]},
+    "model.modality_dropout": {"uniform": [0.0, 0.4]},
+    "model.fusion": {"choice": ["early", "late"]},
 }
+_KINDS = ("loguniform", "uniform", "choice")
+_STATE_FILE = "avarnet_search.json"
 
 
-def sample_space(space: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    """The search space as Tune domains (keys keep their dotted config names)."""
-    from ray import tune
+class SearchInterrupted(RuntimeError):
+    """The search stopped before all its trials ran; running it again resumes it."""
 
-    out: dict[str, Any] = {}
-    for key, (kind, arg) in space.items():
-        if kind == "loguniform":
-            out[key] = tune.loguniform(*arg)
-        elif kind == "uniform":
-            out[key] = tune.uniform(*arg)
-        elif kind == "choice":
-            out[key] = tune.choice(list(arg))
-        else:
-            raise ValueError(f"{key}: unknown search kind {kind!r} (loguniform, uniform, choice)")
+
+def check_space(space: dict[str, Any], cfg: Config) -> dict[str, tuple[str, list]]:
+    """Validate a search space against the config schema; ``{key: (kind, args)}``."""
+    out: dict[str, tuple[str, list]] = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in _KINDS:
+            raise ConfigError(
+                f"tune.space.{key}: expected one of {{loguniform: [lo, hi]}}, "
+                f"{{uniform: [lo, hi]}}, {{choice: [...]}}; got {spec!r}"
+            )
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, (list, tuple)) or not args:
+            raise ConfigError(f"tune.space.{key}: {kind} needs a list, got {args!r}")
+        if kind != "choice" and (len(args) != 2 or not float(args[0]) < float(args[1])):
+            raise ConfigError(f"tune.space.{key}: {kind} needs [lo, hi] with lo < hi")
+        # Every value must be a valid setting of that key (the schema checks it).
+        for value in args if kind == "choice" else args[:1]:
+            apply_overrides(cfg, [f"{key}={json.dumps(value)}"])
+        out[key] = (kind, list(args))
     return out
 
 
+def to_tune_space(space: dict[str, tuple[str, list]]) -> dict[str, Any]:
+    """Tune domains (keys keep their dotted config names)."""
+    from ray import tune
+
+    make = {
+        "loguniform": lambda a: tune.loguniform(float(a[0]), float(a[1])),
+        "uniform": lambda a: tune.uniform(float(a[0]), float(a[1])),
+        "choice": lambda a: tune.choice(list(a)),
+    }
+    return {key: make[kind](args) for key, (kind, args) in space.items()}
+
+
+def _sampled(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if "." in k}
+
+
+def _overrides(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
 def _trial(config: dict[str, Any]) -> None:
-    """One Tune trial: train with the sampled overrides, metrics flow to Tune per epoch."""
+    """One Tune trial: train with the sampled overrides; metrics flow to Tune per epoch."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -60,47 +98,48 @@ def _trial(config: dict[str, Any]) -> None:
     from workflows import tracking
     from workflows.train import build_trainer
 
-    base = config_from_dict(config["base_config"])
-    sampled = {k: v for k, v in config.items() if "." in k}
-    cfg = apply_overrides(base, [f"{k}={v}" for k, v in sampled.items()])
+    sampled = _sampled(config)
+    cfg = apply_overrides(config_from_dict(config["base_config"]), _overrides(sampled))
     trial_id = ray.tune.get_context().get_trial_id()
     uri = config["tracking_uri"]
-    run = tracking.open_run(
-        uri,
-        cfg.tracking.experiment,
-        f"trial-{trial_id}",
-        parent_run_id=config["parent_run_id"],
-        tags={"avarnet.trial_id": trial_id, "avarnet.stage": "tune-trial"},
+    run = tracking.trial_run(
+        uri, cfg.tracking.experiment, config["parent_run_id"], trial_id, f"trial-{trial_id}"
     )
     run.log_params(sampled)
     trainer = build_trainer(
         cfg,
         config["features_dir"],
         storage_path=Path(config["storage_path"]) / "trials",
-        name=f"trial-{trial_id}",
+        name=f"trial-{trial_id}",  # a restored trial resumes from its own checkpoints
         tracking_uri=uri,
         run_id=run.run_id,
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()  # ASHA may stop the trial here; the driver closes its run with the outcome
+    result = trainer.fit()  # ASHA may stop the trial here; the driver closes its run
+    if result.error is not None:
+        raise result.error
 
 
-def plot_trials(trials: list[dict[str, Any]], path: Path) -> Path:
-    """Validation macro-F1 of every trial against each numeric searched hyperparameter."""
+def plot_trials(trials: list[dict[str, Any]], keys: list[str], path: Path) -> Path:
+    """Best validation macro-F1 of every trial against each numeric searched key."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in SEARCH_SPACE if any(isinstance(t.get(k), (int, float)) for t in trials)]
-    fig, axes = plt.subplots(
-        1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 3), squeeze=False
-    )
+    keys = [k for k in keys if any(isinstance(t.get(k), (int, float)) for t in trials)] or keys
+    n = max(len(keys), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
     colors = {"completed": "tab:green", "stopped_early": "tab:orange", "failed": "tab:red"}
     for ax, key in zip(axes[0], keys):
         for t in trials:
-            if isinstance(t.get(key), (int, float)) and t.get("val_macro_f1") is not None:
-                ax.scatter(t[key], t["val_macro_f1"], c=colors[t["outcome"]], s=25)
+            if t.get("val_macro_f1") is not None and t.get(key) is not None:
+                ax.scatter(
+                    str(t[key]) if isinstance(t[key], str) else t[key],
+                    t["val_macro_f1"],
+                    c=colors[t["outcome"]],
+                    s=25,
+                )
         ax.set_xlabel(key)
         if key == "train.lr":
             ax.set_xscale("log")
@@ -119,12 +158,18 @@ def run_search(
     tracking_uri: str,
     parent_run_id: str | None = None,
     name: str = "search",
-    space: dict[str, tuple[str, Any]] | None = None,
+    callbacks: list | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) a search; register the best trial's model as ``champion``."""
-    import ray.train
+    """Run (or resume) a search; register the best trial's model as ``champion``.
+
+    Ray must be initialised. ``callbacks`` are Tune callbacks (tests use one to interrupt).
+
+    Raises:
+        SearchInterrupted: the search stopped early (Ctrl-C); call again to resume.
+    """
     from ray import tune
+    from ray.train import Checkpoint
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -134,36 +179,54 @@ def run_search(
     from workflows import tracking
     from workflows.train import artifact_from_checkpoint, check_training_data
 
+    t = cfg.tune
+    space = check_space(t.space or SEARCH_SPACE, cfg)
     features_dir = Path(features_dir).resolve()
     facts = check_training_data(features_dir)
-    root = Path(cfg.output_dir).resolve()
-    storage = root / "tune"
+    if "val" not in facts.split_counts:
+        raise ConfigError(f"{features_dir}: the search needs a val split to rank trials")
+    # Trial resources: each training worker of a trial gets the tune.*_per_trial share.
+    cfg = apply_overrides(
+        cfg,
+        [f"train.cpus_per_worker={t.cpus_per_trial}", f"train.gpus_per_worker={t.gpus_per_trial}"],
+    )
+    storage = Path(cfg.output_dir).resolve() / "tune"
+    exp_dir = storage / name
+    state_file = storage / f"{name}.{_STATE_FILE}"
+    restoring = tune.Tuner.can_restore(str(exp_dir)) and state_file.exists()
     t0 = time.perf_counter()
-    with tracking.start_run(
-        tracking_uri,
-        cfg.tracking.experiment,
-        name,
-        parent_run_id=parent_run_id,
-        tags={"avarnet.stage": "tune"},
-    ) as parent:
+    if restoring:
+        state = json.loads(state_file.read_text())
+        parent = tracking.reopen_run(tracking_uri, state["parent_run_id"])
+    else:
+        parent = tracking.open_run(
+            tracking_uri,
+            cfg.tracking.experiment,
+            name,
+            parent_run_id=parent_run_id,
+            tags={"avarnet.stage": "tune"},
+        )
         parent.log_config(cfg)
-        param_space = {
-            **sample_space(space or SEARCH_SPACE),
-            "base_config": config_to_dict(cfg),
-            "features_dir": str(features_dir),
-            "tracking_uri": tracking_uri,
-            "parent_run_id": parent.run_id,
-            "storage_path": str(storage),
-        }
+        parent.log_dict({k: {kind: args} for k, (kind, args) in space.items()}, "space.json")
+        storage.mkdir(parents=True, exist_ok=True)
+        tracking.write_json({"parent_run_id": parent.run_id}, state_file)
+    try:
         trainable = tune.with_resources(_trial, {"CPU": 0.01})
-        exp_dir = storage / name
-        if tune.Tuner.can_restore(str(exp_dir)):
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        if restoring:
+            tuner = tune.Tuner.restore(
+                str(exp_dir), trainable=trainable, resume_errored=True, restart_errored=False
+            )
         else:
-            t = cfg.tune
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space,
+                param_space={
+                    **to_tune_space(space),
+                    "base_config": config_to_dict(cfg),
+                    "features_dir": str(features_dir),
+                    "tracking_uri": tracking_uri,
+                    "parent_run_id": parent.run_id,
+                    "storage_path": str(storage),
+                },
                 tune_config=tune.TuneConfig(
                     metric="val_macro_f1",
                     mode="max",
@@ -178,61 +241,102 @@ def run_search(
                     search_alg=OptunaSearch(seed=cfg.train.seed),
                 ),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(storage), verbose=1 if progress else 0
+                    name=name,
+                    storage_path=str(storage),
+                    verbose=1 if progress else 0,
+                    callbacks=callbacks or [],
                 ),
             )
         grid = tuner.fit()
-        trials = []
-        for res in grid:
-            iters = (res.metrics or {}).get("training_iteration", 0)
-            outcome = (
-                "failed"
-                if res.error
-                else ("completed" if iters >= cfg.train.epochs else "stopped_early")
+        trials = _trial_table(grid, cfg.train.epochs)
+        budget_hit = t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
+        unfinished = [tr for tr in trials if tr["outcome"] == "unfinished"]
+        if (len(trials) < t.trials or unfinished) and not budget_hit:
+            raise SearchInterrupted(
+                f"search {name!r} stopped after {len(trials) - len(unfinished)} of {t.trials} "
+                f"trials; run the same command again to resume it ({exp_dir})"
             )
-            trials.append(
-                {
-                    "trial_id": (res.metrics or {}).get("trial_id"),
-                    "outcome": outcome,
-                    "epochs": iters,
-                    "val_macro_f1": (res.metrics or {}).get("best_val_macro_f1"),
-                    **{k: v for k, v in (res.config or {}).items() if "." in k},
-                }
+        for tr in trials:
+            tracking.end_trial_run(
+                tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
             )
-            if res.metrics and res.metrics.get("trial_id"):
-                tracking.end_trial_run(
-                    tracking_uri,
-                    cfg.tracking.experiment,
-                    parent.run_id,
-                    res.metrics["trial_id"],
-                    outcome,
-                )
         best = grid.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
-        best_cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in best.config.items() if "." in k])
-        ckpt = ray.train.Checkpoint(best.metrics["checkpoint_path"])
-        model_dir = root / "models" / f"tune-{parent.run_id}"
+        best_values = _sampled(best.config)
+        best_cfg = apply_overrides(cfg, _overrides(best_values))
+        ckpt = best.checkpoint or Checkpoint(best.metrics["checkpoint_path"])
+        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
         with ckpt.as_directory() as d:
             artifact, _ = artifact_from_checkpoint(d, facts.spec, best_cfg, model_dir)
+        eval_split = "test" if facts.split_counts.get("test") else "val"
         report = evaluate(
-            Predictor.from_dir(artifact), ft.read_features(features_dir, splits=["test"])
+            Predictor.from_dir(artifact), ft.read_features(features_dir, splits=[eval_split])
         )
-        parent.log_metrics({f"best_test_{k}": v for k, v in report.items() if isinstance(v, float)})
-        parent.log_metrics({"search_wall_seconds": time.perf_counter() - t0})
+        wall = time.perf_counter() - t0
+        parent.log_params({f"best.{k}": v for k, v in best_values.items()})
+        parent.log_metrics(
+            {
+                "best_val_macro_f1": float(best.metrics["best_val_macro_f1"]),
+                f"best_{eval_split}_accuracy": report["accuracy"],
+                f"best_{eval_split}_macro_f1": report["macro_f1"],
+                "search_wall_seconds": wall,
+                "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
+                "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
+            }
+        )
         parent.log_dict(trials, "trials.json")
-        parent.log_artifact(plot_trials(trials, storage / f"{name}-summary.png"))
+        parent.log_artifact(plot_trials(trials, list(space), storage / f"{name}-trials.png"))
         model_uri = tracking.register_model(
             parent, artifact, cfg.tracking.registered_model, alias="champion"
         )
-        return {
-            "best_config": {k: v for k, v in best.config.items() if "." in k},
-            "best_macro_f1": float(best.metrics.get("best_val_macro_f1", float("nan"))),
-            "test_accuracy": report["accuracy"],
-            "test_macro_f1": report["macro_f1"],
-            "model_uri": model_uri,
-            "trials_completed": sum(t["outcome"] == "completed" for t in trials),
-            "trials_stopped_early": sum(t["outcome"] == "stopped_early" for t in trials),
-            "trials_failed": sum(t["outcome"] == "failed" for t in trials),
-            "trials": trials,
-            "run_id": parent.run_id,
-            "wall_seconds": time.perf_counter() - t0,
-        }
+    except SearchInterrupted:
+        parent.end("KILLED")
+        raise
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    parent.end("FINISHED")
+    return {
+        "best_config": best_values,
+        "best_macro_f1": float(best.metrics["best_val_macro_f1"]),
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "eval_split": eval_split,
+        "model_uri": model_uri,
+        "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
+        "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
+        "trials_failed": sum(tr["outcome"] == "failed" for tr in trials),
+        "trials": trials,
+        "resumed": restoring,
+        "run_id": parent.run_id,
+        "tracking_uri": tracking_uri,
+        "wall_seconds": wall,
+    }
+
+
+def _trial_table(grid, max_epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: id, outcome, epochs run, best validation macro-F1, values.
+
+    Outcomes: completed (every epoch), stopped_early (ASHA ended it), failed (an error),
+    unfinished (pending or paused: the search was interrupted)."""
+    # Trial statuses are only on the experiment analysis behind the grid.
+    rows = []
+    for res, trial in zip(grid, grid._experiment_analysis.trials):
+        status = trial.status
+        metrics = res.metrics or {}
+        epochs = int(metrics.get("training_iteration", 0))
+        if status == "ERROR":
+            outcome = "failed"
+        elif status != "TERMINATED":
+            outcome = "unfinished"
+        else:
+            outcome = "completed" if epochs >= max_epochs else "stopped_early"
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "outcome": outcome,
+                "epochs": epochs,
+                "val_macro_f1": metrics.get("best_val_macro_f1"),
+                **_sampled(res.config or {}),
+            }
+        )
+    return rows

@@ -27,6 +27,8 @@ __all__ = [
     "default_tracking_uri",
     "end_trial_run",
     "open_run",
+    "reopen_run",
+    "trial_run",
     "download_model",
     "log_epoch",
     "register_model",
@@ -172,20 +174,57 @@ def start_run(
     logger.end("FINISHED")
 
 
-def end_trial_run(
-    tracking_uri: str, experiment: str, parent_run_id: str, trial_id: str, outcome: str
-) -> None:
-    """Close the child run of a Tune trial (found by its ``avarnet.trial_id`` tag) with its
-    outcome: completed -> FINISHED, stopped_early -> KILLED, failed -> FAILED."""
+def reopen_run(tracking_uri: str, run_id: str) -> RunLogger:
+    """A handle on an existing run, set RUNNING again (a resumed search's parent run)."""
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`avarnet.trial_id` = '{trial_id}'",
+    client.update_run(run_id, status="RUNNING")
+    return RunLogger(client, run_id, tracking_uri)
+
+
+def _trial_runs(client: MlflowClient, parent_run_id: str, trial_id: str) -> list:
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+            f"tags.`avarnet.trial_id` = '{trial_id}'"
+        ),
     )
+
+
+def trial_run(
+    tracking_uri: str, experiment: str, parent_run_id: str, trial_id: str, run_name: str
+) -> RunLogger:
+    """The child run of a Tune trial: the existing one when a restored trial resumes (its
+    epochs go on in the same run), else a new one."""
+    client = MlflowClient(tracking_uri)
+    existing = _trial_runs(client, parent_run_id, trial_id)
+    if existing:
+        return RunLogger(client, existing[0].info.run_id, tracking_uri)
+    return open_run(
+        tracking_uri,
+        experiment,
+        run_name,
+        parent_run_id=parent_run_id,
+        tags={"avarnet.trial_id": trial_id, "avarnet.stage": "tune-trial"},
+    )
+
+
+def end_trial_run(
+    tracking_uri: str,
+    parent_run_id: str,
+    trial_id: str,
+    outcome: str,
+    best_val_macro_f1: float | None = None,
+) -> None:
+    """Close the child run of a Tune trial with its outcome: completed -> FINISHED,
+    stopped_early -> KILLED, failed -> FAILED (tag ``avarnet.trial_outcome``)."""
+    client = MlflowClient(tracking_uri)
     status = {"completed": "FINISHED", "stopped_early": "KILLED"}.get(outcome, "FAILED")
-    for run in runs:
+    for run in _trial_runs(client, parent_run_id, trial_id):
         client.set_tag(run.info.run_id, "avarnet.trial_outcome", outcome)
+        if best_val_macro_f1 is not None:
+            client.log_metric(run.info.run_id, "best_val_macro_f1", float(best_val_macro_f1))
         client.set_terminated(run.info.run_id, status)
 
 

@@ -208,6 +208,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    threads = config.get("threads")
+    if threads is not None:
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"] + 7919 * rank)
     model = create_model(config["model_name"], **config["model_kwargs"])
@@ -360,6 +363,7 @@ def build_trainer(
         "smoothing_weight": cfg.train.smoothing_weight,
         "max_segments": cfg.train.max_segments,
         "seed": cfg.train.seed,
+        "threads": cfg.train.threads_per_worker,
         "tracking_uri": tracking_uri,
         "run_id": run_id,
     }
