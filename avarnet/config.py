@@ -116,6 +116,9 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     # torch threads per training worker: None = Ray's default (its CPUs), 0 = every core
     threads_per_worker: int | None = None
+    # Each worker keeps its shard in memory after the first epoch (up to this many MB per
+    # split; 0 streams every epoch through Ray Data).
+    cache_mb: float = 1024.0
     seed: int = 0
     max_failures: int = 1
     max_segments: int = 512  # longer clips are cut to this many steps for training

@@ -59,7 +59,7 @@ def _ray(rows: list[dict], spec, out: Path, args) -> tuple[float, float]:
         out,
         spec,
         workers=args.workers,
-        batch_size=args.batch_size,
+        batch_size=args.preset_batch,
         threads_per_worker=args.threads,
         encoder_cpus=1.0,
         decode_cpus=args.decode_cpus,
@@ -86,8 +86,8 @@ def _bench_preset(preset: str, rows: list[dict], n_small: int, tmp: Path, args) 
     opts = spec.decode_options()
     chunks = [c for r in rows for c in iter_chunks(r["path"], opts)]
     t0 = time.perf_counter()
-    for i in range(0, len(chunks), args.batch_size):
-        enc.encode_chunks(chunks[i : i + args.batch_size])
+    for i in range(0, len(chunks), args.preset_batch):
+        enc.encode_chunks(chunks[i : i + args.preset_batch])
     c = a_big[0] / (time.perf_counter() - t0)
     del chunks, enc
 
@@ -196,7 +196,12 @@ def main() -> None:
     )
     ap.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task in (b)")
     ap.add_argument("--clips-per-task", type=int, default=4, help="clips per decode task in (b)")
-    ap.add_argument("--batch-size", type=int, default=1, help="chunks per encoder call")
+    ap.add_argument(
+        "--batch-size",
+        default="tiny=4,full-random=1",
+        help="chunks per encoder call, per preset (on a CPU, small backbones gain from "
+        "batching, full-size ones lose)",
+    )
     ap.add_argument("--long-minutes", type=float, default=10.0, help="0 skips the long clip")
     ap.add_argument("--_decode-peak", dest="decode_peak", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,7 +229,7 @@ def main() -> None:
             print(
                 f"clips of {args.seconds:g} s; {os.cpu_count()} CPUs; (b): {args.workers} "
                 f"encoder actor(s), {args.threads or 'all'} torch threads, decode tasks of "
-                f"{args.clips_per_task} clips at {args.decode_cpus} CPU, batches of "
+                f"{args.clips_per_task} clips at {args.decode_cpus} CPU, encoder batches "
                 f"{args.batch_size} chunks"
             )
             print(
@@ -232,8 +237,12 @@ def main() -> None:
                 f"{'b/a':>5} {'b/c':>5} | marginal: {'(a)':>6} {'(b)':>6} {'b/a':>5} {'b/c':>5}"
                 f" | (b) fixed s"
             )
+            batch_sizes = {
+                k: int(v) for k, v in (item.split("=") for item in args.batch_size.split(","))
+            }
             for preset in args.presets.split(","):
                 small, big = sizes[preset]
+                args.preset_batch = batch_sizes.get(preset, 1)
                 r = _bench_preset(preset, rows[:big], small, tmp, args)
                 print(
                     f"{preset:<12} {big:>6} {r['a']:>9.2f} {r['b']:>8.2f} {r['c']:>8.2f} "

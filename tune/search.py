@@ -3,8 +3,9 @@
 Each trial is a function that builds its ``TorchTrainer`` with the same
 :func:`workflows.train.build_trainer` as plain training, with Tune's sampled values as
 config overrides and ``TuneReportCallback`` in its run config, and calls ``fit()``.
-ASHA stops weak trials on validation macro-F1 (one Tune iteration = one epoch); Optuna
-(TPE) proposes configurations.
+ASHA stops weak trials on validation macro-F1 (ties, frequent on small validation sets,
+broken by the validation loss; one Tune iteration = one epoch); Optuna (TPE) proposes
+configurations.
 
 MLflow: a parent run for the search, a child run per trial (params, per-epoch metrics,
 ``avarnet.trial_outcome`` = completed | stopped_early | failed). The best trial's model is
@@ -228,7 +229,7 @@ def run_search(
                     "storage_path": str(storage),
                 },
                 tune_config=tune.TuneConfig(
-                    metric="val_macro_f1",
+                    metric="val_score",  # validation macro-F1, ties broken by the loss
                     mode="max",
                     num_samples=t.trials,
                     max_concurrent_trials=t.max_concurrent,

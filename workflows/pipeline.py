@@ -1,5 +1,5 @@
-"""The workflow end to end: data -> extract -> train (-> evaluate), one MLflow parent run
-with a child run per stage.
+"""The workflow end to end: data -> extract -> train -> tune (the best model becomes the
+registry's champion), one MLflow parent run with a child run per stage.
 
 Run it locally (``make demo``) or as a Ray job on a cluster::
 
@@ -26,13 +26,14 @@ from typing import Any
 
 from avarnet.config import Config, config_to_dict, load_config, save_config
 
-STAGES = ("data", "extract", "train")
+STAGES = ("data", "extract", "train", "tune")
 
 # The config sections each stage's output depends on (a change re-runs the stage).
 _DEPENDS = {
     "data": ("data", "synth"),
     "extract": ("data", "synth", "features"),
     "train": ("data", "synth", "features", "model", "train"),
+    "tune": ("data", "synth", "features", "model", "train", "tune"),
 }
 
 
@@ -157,6 +158,27 @@ class Pipeline:
         res["outputs"] = res["model_uri"]
         return res
 
+    def stage_tune(self, parent_run_id: str | None, run) -> dict:
+        from tune.search import run_search
+
+        # One search per configuration: an interrupted one resumes, a changed one is new.
+        name = f"search-{_stage_hash(self.cfg, 'tune')[:8]}"
+        res = run_search(
+            self.cfg,
+            self.features_dir,
+            tracking_uri=run.tracking_uri,
+            parent_run_id=parent_run_id,
+            name=name,
+            progress=self.progress,
+        )
+        res["metric"] = (
+            f"best val F1 {res['best_macro_f1']:.3f}, {res['eval_split']} acc "
+            f"{res['accuracy']:.3f}; {res['trials_completed']} completed, "
+            f"{res['trials_stopped_early']} stopped early"
+        )
+        res["outputs"] = f"{res['model_uri']} (@champion)"
+        return res
+
     # -- driver
     def run(self, stages: list[str] | None = None) -> list[StageResult]:
         from workflows import tracking
@@ -173,6 +195,7 @@ class Pipeline:
             "data": self.stage_data,
             "extract": self.stage_extract,
             "train": self.stage_train,
+            "tune": self.stage_tune,
         }
         with (
             ray_session(),
@@ -202,7 +225,7 @@ class Pipeline:
                     self._say(f"[{stage}] up to date, skipped ({done.get('outputs', '')})")
                     continue
                 self._say(f"[{stage}] running ...")
-                if stage == "train":
+                if stage in ("train", "tune"):  # these open their own (nested) runs
                     data = runners[stage](parent.run_id, parent)
                 else:
                     with tracking.start_run(
@@ -242,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m workflows.pipeline",
         description=(
-            "Run the avarnet workflow end to end (data -> extract -> train) with one MLflow "
+            "Run the avarnet workflow end to end (data -> extract -> train -> tune) with one MLflow "
             "parent run and a child run per stage. Stages whose outputs exist and match the "
             "config are skipped."
         ),

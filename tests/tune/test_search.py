@@ -1,0 +1,142 @@
+"""Ray Tune search on the tiny feature table, with real Ray and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from avarnet.config import ConfigError, load_config
+from tune.search import SEARCH_SPACE, SearchInterrupted, check_space, run_search
+
+SPACE = (
+    "tune.space={train.lr: {loguniform: [0.00001, 0.01]}, model.num_filters: {choice: [16, 32]}}"
+)
+
+
+def _cfg(tmp_path, *more: str):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "model.name=avarnet_tiny",
+            "model.num_layers=4",
+            "train.epochs=4",
+            "train.batch_size=8",
+            "tune.trials=4",
+            "tune.grace_period=1",
+            "tune.reduction_factor=2",
+            "tune.cpus_per_trial=1",
+            SPACE,
+            *more,
+        ],
+    )
+
+
+def test_default_space_is_valid_and_bad_spaces_are_refused():
+    cfg = load_config(None, [])
+    assert set(check_space(SEARCH_SPACE, cfg)) == set(SEARCH_SPACE)
+    for bad, match in [
+        ({"train.lr": {"normal": [0, 1]}}, "expected one of"),
+        ({"train.lr": {"uniform": [0.1, 0.01]}}, "lo < hi"),
+        ({"train.nope": {"uniform": [0.1, 0.2]}}, "nope"),
+        ({"model.fusion": {"choice": ["early", "sideways"]}}, "sideways"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            check_space(bad, cfg)
+
+
+def test_search_stops_weak_trials_and_registers_the_best_as_champion(
+    ray_session, tiny_features, tmp_path
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = run_search(_cfg(tmp_path), tiny_features, tracking_uri=uri, progress=False)
+    trials = res["trials"]
+    assert len(trials) == 4 and res["trials_failed"] == 0
+    assert res["trials_stopped_early"] >= 1, trials  # ASHA stopped at least one
+    assert res["trials_completed"] + res["trials_stopped_early"] == 4
+    for t in trials:
+        expected = 4 if t["outcome"] == "completed" else range(1, 4)
+        assert t["epochs"] == expected or t["epochs"] in expected
+
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("avarnet", "champion")
+    assert res["model_uri"] == f"models:/avarnet/{champion.version}"
+    assert champion.run_id == res["run_id"]
+    # The champion is the best trial's model: its recorded validation F1 is the maximum.
+    best_f1 = max(t["val_macro_f1"] for t in trials)
+    assert res["best_macro_f1"] == pytest.approx(best_f1)
+    local = client.download_artifacts(res["run_id"], "model/model.json", str(tmp_path / "dl"))
+    with open(local) as f:
+        model = json.load(f)
+    assert model["metrics"]["best_val_macro_f1"] == pytest.approx(best_f1)
+    best = next(t for t in trials if t["val_macro_f1"] == best_f1)
+    assert res["best_config"]["train.lr"] == pytest.approx(best["train.lr"])
+
+    # A child run per trial, closed with its outcome, with the sampled params and epochs.
+    parent = client.get_run(res["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_stopped_early"] == res["trials_stopped_early"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res['run_id']}'"
+    )
+    assert len(children) == 4
+    outcomes = {
+        c.data.tags["avarnet.trial_id"]: c.data.tags["avarnet.trial_outcome"] for c in children
+    }
+    assert outcomes == {t["trial_id"]: t["outcome"] for t in trials}
+    for c in children:
+        assert {"train.lr", "model.num_filters"} <= set(c.data.params)
+        assert c.info.status == (
+            "FINISHED" if outcomes[c.data.tags["avarnet.trial_id"]] == "completed" else "KILLED"
+        )
+        history = client.get_metric_history(c.info.run_id, "val_macro_f1")
+        assert len(history) >= 1
+    arts = {a.path for a in client.list_artifacts(res["run_id"])}
+    assert {"trials.json", "search-trials.png", "space.json"} <= arts
+
+
+class _InterruptAfterFirstTrial:
+    """A Tune callback that presses Ctrl-C once the first trial has finished."""
+
+    def __new__(cls):
+        from ray.tune import Callback
+
+        class Interrupt(Callback):
+            fired = False
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                if not Interrupt.fired:
+                    Interrupt.fired = True
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return Interrupt()
+
+
+def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _cfg(tmp_path, "tune.trials=3", "train.epochs=2")
+    with pytest.raises(SearchInterrupted, match="run the same command again"):
+        run_search(
+            cfg,
+            tiny_features,
+            tracking_uri=uri,
+            callbacks=[_InterruptAfterFirstTrial()],
+            progress=False,
+        )
+    client = MlflowClient(uri)
+    parents = client.search_runs(
+        [client.get_experiment_by_name("avarnet").experiment_id], "tags.`avarnet.stage` = 'tune'"
+    )
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+
+    res = run_search(cfg, tiny_features, tracking_uri=uri, progress=False)
+    assert res["resumed"] and res["run_id"] == parents[0].info.run_id  # same parent run
+    assert len(res["trials"]) == 3
+    assert all(t["outcome"] in ("completed", "stopped_early") for t in res["trials"])
+    assert client.get_run(res["run_id"]).info.status == "FINISHED"
+    champion = client.get_model_version_by_alias("avarnet", "champion")
+    assert res["model_uri"] == f"models:/avarnet/{champion.version}"
