@@ -42,6 +42,12 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        names = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"{key}: {value!r} is not one of {names}")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The generated audio-visual benchmark (used when ``data.path`` is empty)."""
@@ -100,6 +106,14 @@ class ModelConfig:
     dropout: float | None = None
     pooling: str | None = None  # mean | topk
     modality_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        _one_of("model.fusion", self.fusion, ("early", "late", "audio", "visual"))
+        _one_of("model.pooling", self.pooling, (None, "mean", "topk"))
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(
+                f"model.modality_dropout: expected 0 <= p < 1, got {self.modality_dropout}"
+            )
 
 
 @dataclass(frozen=True)

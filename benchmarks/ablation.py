@@ -63,7 +63,7 @@ def main() -> None:
     from workflows.runtime import init_kwargs, quiet_driver
     from workflows.train import run_training
 
-    ray.init(include_dashboard=False, **init_kwargs(num_cpus=os.cpu_count(), address=None))
+    ray.init(**init_kwargs(num_cpus=os.cpu_count(), address=None))
     quiet_driver()
     t_start = time.perf_counter()
     try:

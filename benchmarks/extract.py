@@ -213,7 +213,7 @@ def main() -> None:
 
     from workflows.runtime import init_kwargs, quiet_driver
 
-    ray.init(include_dashboard=False, **init_kwargs(num_cpus=os.cpu_count(), address=None))
+    ray.init(**init_kwargs(num_cpus=os.cpu_count(), address=None))
     quiet_driver()
     try:
         with tempfile.TemporaryDirectory() as d:

@@ -19,8 +19,10 @@ def ray_session():
     from workflows.runtime import init_kwargs, quiet_driver
 
     if not ray.is_initialized():
-        # Tests always run their own local Ray, whatever RAY_ADDRESS says.
-        ray.init(include_dashboard=False, **init_kwargs(num_cpus=2, address=None))
+        # Tests always run their own local Ray, whatever RAY_ADDRESS says. With the
+        # dashboard: Ray Train's placement-group cleaner needs its state API, or a Tune
+        # trial stopped by ASHA leaves its workers' CPUs reserved and the next one waits.
+        ray.init(**init_kwargs(num_cpus=2, address=None))
     quiet_driver()
     yield ray
     ray.shutdown()

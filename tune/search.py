@@ -213,55 +213,83 @@ def run_search(
         tracking.write_json({"parent_run_id": parent.run_id}, state_file)
     try:
         trainable = tune.with_resources(_trial, {"CPU": 0.01})
-        if restoring:
-            tuner = tune.Tuner.restore(
-                str(exp_dir), trainable=trainable, resume_errored=True, restart_errored=False
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    **to_tune_space(space),
-                    "base_config": config_to_dict(cfg),
-                    "features_dir": str(features_dir),
-                    "tracking_uri": tracking_uri,
-                    "parent_run_id": parent.run_id,
-                    "storage_path": str(storage),
-                },
-                tune_config=tune.TuneConfig(
-                    metric="val_score",  # validation macro-F1, ties broken by the loss
-                    mode="max",
-                    num_samples=t.trials,
-                    max_concurrent_trials=t.max_concurrent,
-                    time_budget_s=t.time_budget_s,
-                    scheduler=ASHAScheduler(
-                        max_t=cfg.train.epochs,
-                        grace_period=t.grace_period,
-                        reduction_factor=t.reduction_factor,
+        param_space = {
+            **to_tune_space(space),
+            "base_config": config_to_dict(cfg),
+            "features_dir": str(features_dir),
+            "tracking_uri": tracking_uri,
+            "parent_run_id": parent.run_id,
+            "storage_path": str(storage),
+        }
+
+        def budget_hit() -> bool:
+            return t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
+
+        def fit(exp_name: str, num_samples: int, seed: int):
+            """Run experiment ``exp_name``, restoring it when it was interrupted."""
+            path = storage / exp_name
+            restored = tune.Tuner.can_restore(str(path))
+            if restored:
+                tuner = tune.Tuner.restore(
+                    str(path), trainable=trainable, resume_errored=True, restart_errored=False
+                )
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space,
+                    tune_config=tune.TuneConfig(
+                        metric="val_score",  # validation macro-F1, ties broken by the loss
+                        mode="max",
+                        num_samples=num_samples,
+                        max_concurrent_trials=t.max_concurrent,
+                        time_budget_s=t.time_budget_s,
+                        scheduler=ASHAScheduler(
+                            max_t=cfg.train.epochs,
+                            grace_period=t.grace_period,
+                            reduction_factor=t.reduction_factor,
+                        ),
+                        search_alg=OptunaSearch(seed=seed),
                     ),
-                    search_alg=OptunaSearch(seed=cfg.train.seed),
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=str(storage),
-                    verbose=1 if progress else 0,
-                    callbacks=callbacks or [],
-                ),
+                    run_config=tune.RunConfig(
+                        name=exp_name,
+                        storage_path=str(storage),
+                        verbose=1 if progress else 0,
+                        callbacks=callbacks or [],
+                    ),
+                )
+            grid = tuner.fit()
+            trials = _trial_table(grid, cfg.train.epochs)
+            # Interrupted: trials left pending, or (a fresh experiment) fewer trials than
+            # asked for before the time budget ran out.
+            unfinished = [tr for tr in trials if tr["outcome"] == "unfinished"]
+            short = not restored and len(trials) < num_samples and not budget_hit()
+            if unfinished or short:
+                raise SearchInterrupted(
+                    f"search {name!r} stopped after {len(trials) - len(unfinished)} of "
+                    f"{t.trials} trials; run the same command again to resume it ({exp_dir})"
+                )
+            return grid, trials
+
+        grid, trials = fit(name, t.trials, cfg.train.seed)
+        grids = [grid]
+        if len(trials) < t.trials and not budget_hit():
+            # An interrupted experiment, once restored, finishes the trials it had started
+            # but asks its searcher for no new ones: run the missing trials as a
+            # continuation (itself restorable: its name depends only on what is done).
+            grid, more = fit(
+                f"{name}-rest{len(trials)}", t.trials - len(trials), cfg.train.seed + len(trials)
             )
-        grid = tuner.fit()
-        trials = _trial_table(grid, cfg.train.epochs)
-        budget_hit = t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
-        unfinished = [tr for tr in trials if tr["outcome"] == "unfinished"]
-        if (len(trials) < t.trials or unfinished) and not budget_hit:
-            raise SearchInterrupted(
-                f"search {name!r} stopped after {len(trials) - len(unfinished)} of {t.trials} "
-                f"trials; run the same command again to resume it ({exp_dir})"
-            )
+            grids.append(grid)
+            trials += more
         for tr in trials:
             tracking.end_trial_run(
                 tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
             )
-        best = grid.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
+        bests = [
+            g.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
+            for g in grids
+        ]
+        best = max(bests, key=lambda r: r.metrics["best_val_macro_f1"])
         best_values = _sampled(best.config)
         best_cfg = apply_overrides(cfg, _overrides(best_values))
         ckpt = best.checkpoint or Checkpoint(best.metrics["checkpoint_path"])

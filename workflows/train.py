@@ -416,10 +416,12 @@ def build_trainer(
     columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
     # Feature tables are small (T x D floats per clip): read them once into the object
     # store, so that epochs do not re-read Parquet.
-    table = ray.data.read_parquet(files).select_columns(columns).materialize()
+    # Split before materialising: the per-epoch split execution then has no operator that
+    # needs a CPU of its own (which a full cluster, e.g. a Tune trial's, may not have).
+    table = ray.data.read_parquet(files).select_columns(columns)
     datasets = {
-        "train": table.filter(expr=col("split") == "train"),
-        "val": table.filter(expr=col("split") == "val"),
+        "train": table.filter(expr=col("split") == "train").materialize(),
+        "val": table.filter(expr=col("split") == "val").materialize(),
     }
     workers = cfg.train.workers
     use_gpu = cfg.train.gpus_per_worker > 0
