@@ -253,8 +253,11 @@ def run_search(
                     run_config=tune.RunConfig(
                         name=exp_name,
                         storage_path=str(storage),
-                        verbose=1 if progress else 0,
-                        callbacks=callbacks or [],
+                        verbose=0,  # Tune's tables would print every trial's whole config
+                        callbacks=[
+                            *(callbacks or []),
+                            *([_progress_callback()] if progress else []),
+                        ],
                     ),
                 )
             grid = tuner.fit()
@@ -340,6 +343,30 @@ def run_search(
         "tracking_uri": tracking_uri,
         "wall_seconds": wall,
     }
+
+
+def _progress_callback():
+    """One line on stderr per finished trial (Tune's own tables are too wide to read)."""
+    import sys
+
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            f1 = r.get("best_val_macro_f1")
+            print(
+                f"[tune] trial {trial.trial_id}: {r.get('training_iteration', 0)} epochs, best "
+                f"val macro-F1 {'-' if f1 is None else f'{f1:.3f}'} ({done} done)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[tune] trial {trial.trial_id} failed", file=sys.stderr, flush=True)
+
+    return Progress()
 
 
 def _trial_table(grid, max_epochs: int) -> list[dict[str, Any]]:

@@ -442,6 +442,8 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],
+            # Warnings only: per-epoch report and checkpoint lines would drown the output.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
 
