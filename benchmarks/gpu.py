@@ -1,0 +1,136 @@
+"""The GPU path's two hot loops on one device: feature encoders and an MTCN training step.
+
+Runs without Ray, decord or MLflow (what a bare GPU machine has: torch, timm,
+transformers), on synthetic decoded chunks, so it measures the device's compute bound
+for ``benchmarks/extract.py``'s (c) and ``benchmarks/train.py``'s training pass:
+
+- encoders: ``full-random`` backbones (mobilevit_s at 256 px, the wav2vec2-base
+  configuration), chunks of 32 one-second segments x 8 frames plus 32 s of 16 kHz audio,
+  in batches of ``--chunks-per-call`` -> clip-seconds per second;
+- training: ``avarnet_base`` (4 stages x 10 layers x 64 filters) on 768 + 640-d features,
+  batch 16 x 64 segments, AdamW -> milliseconds per step and clips per second.
+
+    python benchmarks/gpu.py [--device cuda] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avarnet.data.decode import ClipChunk  # noqa: E402
+from avarnet.features.backbones import build_encoders, build_feature_spec  # noqa: E402
+from avarnet.models import create_model  # noqa: E402
+from avarnet.models.losses import avarnet_loss  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -> dict:
+    spec = build_feature_spec(preset)
+    enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
+    rng = np.random.default_rng(0)
+    n, k, s = 32, spec.frames_per_segment, spec.image_size
+    chunk = ClipChunk(
+        info=None,
+        chunk_index=0,
+        n_chunks=1,
+        segment_start=0,
+        n_segments_total=n,
+        bounds_s=np.arange(n + 1, dtype=np.float64),
+        frames=rng.integers(0, 255, (n, k, s, s, 3), dtype=np.uint8),
+        audio=(0.1 * rng.standard_normal(n * spec.sample_rate)).astype(np.float32),
+        has_audio=True,
+    )
+    batch = [chunk] * chunks_per_call
+    with torch.inference_mode():
+        enc.encode_chunks(batch)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            enc.encode_chunks(batch)
+        _sync(device)
+        wall = time.perf_counter() - t0
+    clip_seconds = calls * chunks_per_call * n
+    return {
+        "preset": preset,
+        "chunks_per_call": chunks_per_call,
+        "clip_seconds": clip_seconds,
+        "seconds": wall,
+        "clip_seconds_per_s": clip_seconds / wall,
+    }
+
+
+def bench_train_step(device: str, steps: int, batch: int = 16, t: int = 64) -> dict:
+    torch.manual_seed(0)
+    model = create_model("avarnet_base", audio_dim=768, visual_dim=640, num_classes=10)
+    model = model.to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    audio = torch.randn(batch, t, 768, device=device)
+    visual = torch.randn(batch, t, 640, device=device)
+    mask = torch.ones(batch, t, dtype=torch.bool, device=device)
+    has_audio = torch.ones(batch, dtype=torch.bool, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        out = model(audio, visual, mask, has_audio)
+        loss, _ = avarnet_loss(out, targets, mask, smoothing_weight=0.15)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    wall = time.perf_counter() - t0
+    return {
+        "model": "avarnet_base",
+        "batch": batch,
+        "segments": t,
+        "ms_per_step": 1000 * wall / steps,
+        "clips_per_s": steps * batch / wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="full-random")
+    ap.add_argument("--chunks-per-call", default="1,4")
+    ap.add_argument("--calls", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args()
+    result = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "encoders": [
+            bench_encoders(args.device, args.preset, int(c), args.calls)
+            for c in args.chunks_per_call.split(",")
+        ],
+        "train_step": bench_train_step(args.device, args.steps),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
