@@ -97,7 +97,7 @@ def _trial(config: dict[str, Any]) -> None:
 
     from avarnet.config import config_from_dict
     from workflows import tracking
-    from workflows.train import build_trainer
+    from workflows.train import DataFacts, build_trainer
 
     sampled = _sampled(config)
     cfg = apply_overrides(config_from_dict(config["base_config"]), _overrides(sampled))
@@ -110,6 +110,7 @@ def _trial(config: dict[str, Any]) -> None:
     trainer = build_trainer(
         cfg,
         config["features_dir"],
+        facts=DataFacts.from_dict(config["data_facts"]),
         storage_path=Path(config["storage_path"]) / "trials",
         name=f"trial-{trial_id}",  # a restored trial resumes from its own checkpoints
         tracking_uri=uri,
@@ -161,6 +162,7 @@ def run_search(
     name: str = "search",
     callbacks: list | None = None,
     progress: bool = True,
+    facts=None,
 ) -> dict[str, Any]:
     """Run (or resume) a search; register the best trial's model as ``champion``.
 
@@ -183,7 +185,7 @@ def run_search(
     t = cfg.tune
     space = check_space(t.space or SEARCH_SPACE, cfg)
     features_dir = Path(features_dir).resolve()
-    facts = check_training_data(features_dir)
+    facts = facts or check_training_data(features_dir)
     if "val" not in facts.split_counts:
         raise ConfigError(f"{features_dir}: the search needs a val split to rank trials")
     # Trial resources: each training worker of a trial gets the tune.*_per_trial share.
@@ -217,6 +219,7 @@ def run_search(
             **to_tune_space(space),
             "base_config": config_to_dict(cfg),
             "features_dir": str(features_dir),
+            "data_facts": facts.to_dict(),  # checked once here, not again in every trial
             "tracking_uri": tracking_uri,
             "parent_run_id": parent.run_id,
             "storage_path": str(storage),

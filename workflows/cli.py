@@ -237,6 +237,13 @@ def _load_cfg(args: argparse.Namespace, extra: list[str]):
     return load_config(args.config, list(extra) + list(args.overrides or []))
 
 
+def _flag_overrides(args: argparse.Namespace, pairs: tuple[tuple[str, str], ...]) -> list[str]:
+    """``key=value`` overrides for the command-line flags that were given."""
+    return [
+        f"{key}={getattr(args, flag)}" for flag, key in pairs if getattr(args, flag) is not None
+    ]
+
+
 def _tracking_uri(cfg, root) -> str:
     from workflows.tracking import resolve_tracking_uri
 
@@ -279,23 +286,26 @@ def _run_extract(args: argparse.Namespace) -> int:
     from workflows.extract import extract_with_config, spec_from_config
     from workflows.runtime import ray_session
 
-    extra = []
-    if args.preset:
-        extra.append(f"features.preset={args.preset}")
-    if args.workers is not None:
-        extra.append(f"features.workers={args.workers}")
-    if args.gpus_per_worker is not None:
-        extra.append(f"features.gpus_per_worker={args.gpus_per_worker}")
+    extra = _flag_overrides(
+        args,
+        (
+            ("preset", "features.preset"),
+            ("workers", "features.workers"),
+            ("gpus_per_worker", "features.gpus_per_worker"),
+        ),
+    )
     cfg = _load_cfg(args, extra)
     out = Path(args.out).resolve()
     manifest = read_manifest(args.data, format=args.format, annotations=args.annotations)
     for prob in manifest.problems:
         print(f"avarnet: warning: {prob['file']}: {prob['reason']}", file=sys.stderr)
-    spec_from_config(cfg)  # a bad preset or backbone fails here, before Ray starts
+    spec = spec_from_config(cfg)  # a bad preset or backbone fails here, before Ray starts
     uri = _tracking_uri(cfg, out.parent)
     with ray_session(), tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
         run.log_config(cfg)
-        summary = extract_with_config(cfg, manifest.rows, out, progress=not args.json, logger=run)
+        summary = extract_with_config(
+            cfg, manifest.rows, out, progress=not args.json, logger=run, spec=spec
+        )
         result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": uri}
     for e in summary.errors:
         print(f"avarnet: failed: {e['message']}", file=sys.stderr)
@@ -344,21 +354,21 @@ def _run_train(args: argparse.Namespace) -> int:
     from workflows.train import check_training_data, run_training
 
     features = Path(args.features).resolve()
-    extra = [f"output_dir={features.parent}"]
-    for flag, key in (
-        ("model", "model.name"),
-        ("fusion", "model.fusion"),
-        ("epochs", "train.epochs"),
-        ("workers", "train.workers"),
-        ("seed", "train.seed"),
-    ):
-        if getattr(args, flag) is not None:
-            extra.append(f"{key}={getattr(args, flag)}")
+    extra = [f"output_dir={features.parent}"] + _flag_overrides(
+        args,
+        (
+            ("model", "model.name"),
+            ("fusion", "model.fusion"),
+            ("epochs", "train.epochs"),
+            ("workers", "train.workers"),
+            ("seed", "train.seed"),
+        ),
+    )
     cfg = _load_cfg(args, extra)
     uri = _tracking_uri(cfg, Path(cfg.output_dir))
-    check_training_data(features)  # bad data fails here, before Ray starts
+    facts = check_training_data(features)  # bad data fails here, before Ray starts
     with ray_session():
-        res = run_training(cfg, features, tracking_uri=uri)
+        res = run_training(cfg, features, tracking_uri=uri, facts=facts)
     result = {k: v for k, v in res.items() if k != "report"}
     _emit(
         args,
@@ -406,15 +416,15 @@ def _run_tune(args: argparse.Namespace) -> int:
     from workflows.train import check_training_data
 
     features = Path(args.features).resolve()
-    extra = [f"output_dir={features.parent}"]
-    for flag, key in (
-        ("trials", "tune.trials"),
-        ("max_concurrent", "tune.max_concurrent"),
-        ("time_budget_s", "tune.time_budget_s"),
-        ("epochs", "train.epochs"),
-    ):
-        if getattr(args, flag) is not None:
-            extra.append(f"{key}={getattr(args, flag)}")
+    extra = [f"output_dir={features.parent}"] + _flag_overrides(
+        args,
+        (
+            ("trials", "tune.trials"),
+            ("max_concurrent", "tune.max_concurrent"),
+            ("time_budget_s", "tune.time_budget_s"),
+            ("epochs", "train.epochs"),
+        ),
+    )
     cfg = _load_cfg(args, extra)
     if cfg.tune.trials < 1 or cfg.tune.max_concurrent < 1:
         raise CliError("--trials and --max-concurrent must be >= 1")

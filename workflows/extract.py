@@ -53,15 +53,21 @@ def spec_from_config(cfg: Config) -> FeatureSpec:
 
 
 def extract_with_config(
-    cfg: Config, rows: list[dict], out_dir: str | os.PathLike, *, progress: bool, logger: Any
+    cfg: Config,
+    rows: list[dict],
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool,
+    logger: Any,
+    spec: FeatureSpec | None = None,
 ) -> ExtractSummary:
-    """:func:`run_extract` with the spec and the parallelism of ``cfg.features`` (the CLI and
-    the pipeline both extract through here)."""
+    """:func:`run_extract` with the spec (``spec_from_config`` unless given) and the
+    parallelism of ``cfg.features`` (the CLI and the pipeline both extract through here)."""
     f = cfg.features
     return run_extract(
         rows,
         out_dir,
-        spec_from_config(cfg),
+        spec or spec_from_config(cfg),
         workers=f.workers,
         gpus_per_worker=f.gpus_per_worker,
         decode_cpus=f.decode_cpus,

@@ -52,6 +52,24 @@ class DataFacts:
     split_counts: dict[str, int]
     spec: FeatureSpec
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for a Tune trial's config)."""
+        return {
+            "labels": self.labels,
+            "multilabel": self.multilabel,
+            "split_counts": self.split_counts,
+            "spec": self.spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataFacts:
+        return cls(
+            data["labels"],
+            data["multilabel"],
+            data["split_counts"],
+            FeatureSpec.from_dict(data["spec"]),
+        )
+
 
 def model_kwargs(
     cfg: Config, spec: FeatureSpec, n_classes: int, normal_index: int | None, multilabel: bool
@@ -485,15 +503,17 @@ def run_training(
     run_name: str = "train",
     loop_overrides: dict[str, Any] | None = None,
     register: bool = True,
+    facts: DataFacts | None = None,
 ) -> dict[str, Any]:
-    """Check the data, fit with Ray Train, evaluate the best model on the test split, log
-    everything to one MLflow run and register the model. Ray must be initialised."""
+    """Check the data (unless ``facts`` from :func:`check_training_data` are given), fit
+    with Ray Train, evaluate the best model on the test split, log everything to one MLflow
+    run and register the model. Ray must be initialised."""
     from avarnet.evaluation import evaluate
     from avarnet.predictor import Predictor
     from workflows import tracking
 
     features_dir = Path(features_dir).resolve()
-    facts = check_training_data(features_dir)
+    facts = facts or check_training_data(features_dir)
     out_root = Path(cfg.output_dir).resolve()
     t0 = time.perf_counter()
     with tracking.start_run(

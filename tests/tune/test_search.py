@@ -58,9 +58,8 @@ def test_search_stops_weak_trials_and_registers_the_best_as_champion(
     assert len(trials) == 4 and res["trials_failed"] == 0
     assert res["trials_stopped_early"] >= 1, trials  # ASHA stopped at least one
     assert res["trials_completed"] + res["trials_stopped_early"] == 4
-    for t in trials:
-        expected = 4 if t["outcome"] == "completed" else range(1, 4)
-        assert t["epochs"] == expected or t["epochs"] in expected
+    for t in trials:  # completed trials ran every epoch, stopped ones fewer
+        assert t["epochs"] == 4 if t["outcome"] == "completed" else 1 <= t["epochs"] < 4
 
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("avarnet", "champion")
