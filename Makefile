@@ -12,7 +12,11 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= workflows/configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format bench clean-demo
+# The browser test drives Debian's chromium; `make test` installs it where apt-get exists.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HAS_APT := $(shell command -v apt-get >/dev/null 2>&1 && echo 1)
+
+.PHONY: venv demo test lint format bench clean-demo browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,8 +37,18 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+browser:
+ifeq ($(HAS_APT),1)
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (headless browser test)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+else
+	@echo "no apt-get here: the browser test is skipped unless /usr/bin/chromium exists"
+endif
+
+test: lint browser
+	$(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py

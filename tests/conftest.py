@@ -4,6 +4,8 @@ benchmark and its tiny-preset feature table, built once and reused."""
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,46 @@ def ray_session():
     quiet_driver()
     yield ray
     ray.shutdown()
+
+
+def _release_leaked_placement_groups(ray) -> list[str]:
+    """Remove placement groups still holding resources; returns their ids."""
+    from ray._raylet import PlacementGroupID
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    removed = []
+    for pg_id, info in placement_group_table().items():
+        if info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+            remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+            removed.append(pg_id)
+    return removed
+
+
+@pytest.fixture(autouse=True)
+def _ray_resources_released(request):
+    """After a test that used the session's Ray (Serve tests excepted, their module keeps a
+    deployment up), wait for its CPUs to come back, so that one test's leftovers (a
+    stopped Train run's placement group) cannot starve the next test into a hang."""
+    yield
+    if "ray_session" not in request.fixturenames or "serve" in request.node.path.parts:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= total - 1e-6:
+            return
+        time.sleep(0.5)
+    removed = _release_leaked_placement_groups(ray)
+    warnings.warn(
+        f"{request.node.nodeid} left {total - ray.available_resources().get('CPU', 0.0):.2f} "
+        f"CPU reserved after 30 s; removed placement groups {removed}",
+        stacklevel=1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -536,6 +536,132 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- serve
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="score clips online: deploy the model with Ray Serve (HTTP API + web page)",
+        description=(
+            "Deploy a model (default: the registry's champion, models:/avarnet@champion) "
+            "with Ray Serve: an autoscaled encoder deployment (decode + Wav2Vec2 + MobileViT, "
+            "built from the FeatureSpec saved with the model), the MTCN classifier and an "
+            "HTTP API: POST /v1/score, GET /v1/health, GET /v1/model, the OpenAPI schema at "
+            "/docs and a web page at /. Uses the Ray cluster in RAY_ADDRESS, or starts a "
+            "local Ray. Runs until Ctrl-C, then shuts the service down."
+        ),
+    )
+    p.add_argument("--model", help="registry URI or artifact folder (default: serve.model_uri)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
+    p.add_argument("--max-upload-mb", type=float, help="larger uploads get 413 (default 200)")
+    p.add_argument("--encoder-max-replicas", type=int, help="autoscaling ceiling (default 2)")
+    p.add_argument("--gpus-per-encoder", type=float, help="GPUs per encoder replica (default 0)")
+    _add_config_args(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serve.deploy import deploy, shutdown
+    from workflows.runtime import ray_session
+
+    cfg = _load_cfg(
+        args,
+        _flag_overrides(
+            args,
+            (
+                ("model", "serve.model_uri"),
+                ("host", "serve.host"),
+                ("port", "serve.port"),
+                ("max_upload_mb", "serve.max_upload_mb"),
+            ),
+        ),
+    )
+    app_args = serve_app_args(cfg, args.tracking_uri)
+    if args.encoder_max_replicas is not None:
+        app_args["encoder_max_replicas"] = args.encoder_max_replicas
+    if args.gpus_per_encoder is not None:
+        app_args["encoder_gpus"] = args.gpus_per_encoder
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ray_session():
+        try:
+            url = deploy(app_args, host=cfg.serve.host, port=cfg.serve.port)
+            print(f"avarnet: serving {cfg.serve.model_uri} at {url}/ (API docs: {url}/docs)")
+            print("avarnet: press Ctrl-C to stop", flush=True)
+            try:
+                while not stop.wait(1.0):
+                    pass
+            except KeyboardInterrupt:
+                pass
+        finally:
+            print("avarnet: shutting the service down", file=sys.stderr)
+            shutdown()
+    return 0
+
+
+def serve_app_args(cfg, tracking_uri: str | None = None) -> dict:
+    """``build_app`` arguments from a config (model, store, upload limit)."""
+    from pathlib import Path
+
+    return {
+        "model": cfg.serve.model_uri,
+        "tracking_uri": tracking_uri or _tracking_uri(cfg, Path(cfg.output_dir)),
+        "output_dir": str(Path(cfg.output_dir).resolve()),
+        "max_upload_mb": cfg.serve.max_upload_mb,
+    }
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a video clip with a running service (avarnet serve)",
+        description=(
+            "Upload FILE to a running scoring service (POST /v1/score) and print the "
+            "predicted class, the top probabilities and the per-segment anomaly timeline."
+        ),
+    )
+    p.add_argument("file", help="video file to score")
+    p.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="service URL (default %(default)s)"
+    )
+    p.add_argument("--timeout-s", type=float, default=300.0, help="request timeout (default 300)")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    p.set_defaults(func=_run_score)
+
+
+def format_score(r: dict) -> str:
+    top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+    lines = [
+        f"label: {r['label']}   (model {r['model']['name']} v{r['model']['version']}, "
+        f"{r['duration_s']:.1f} s, audio: {'yes' if r['has_audio'] else 'none'}, "
+        f"{r['timings_ms']['total']:.0f} ms)",
+        "top:   " + ", ".join(f"{k} {v:.3f}" for k, v in top),
+        "anomaly timeline (per segment):",
+    ]
+    blocks = " ▁▂▃▄▅▆▇█"
+    lines.append(
+        "  "
+        + "".join(blocks[min(8, int(s["anomaly_score"] * 8.999))] for s in r["segments"])
+        + f"  max {max((s['anomaly_score'] for s in r['segments']), default=0):.3f}"
+    )
+    return "\n".join(lines)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from serve.client import ScoreError, score_file
+
+    try:
+        result = score_file(args.url, args.file, timeout_s=args.timeout_s)
+    except ScoreError as err:
+        raise CliError(str(err)) from None
+    _emit(args, result, format_score)
+    return 0
+
+
 # ------------------------------------------------------------------------- main
 VERBS = [
     _add_synth,
@@ -545,6 +671,8 @@ VERBS = [
     _add_train,
     _add_tune,
     _add_evaluate,
+    _add_serve,
+    _add_score,
 ]
 
 

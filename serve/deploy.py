@@ -1,0 +1,80 @@
+"""Start, inspect and stop the scoring application on the current Ray cluster."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["APP_NAME", "deploy", "replica_counts", "shutdown", "wait_healthy"]
+
+APP_NAME = "avarnet"
+
+
+def deploy(
+    args: dict[str, Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str = APP_NAME,
+    timeout_s: float = 300.0,
+    log_level: str = "WARNING",
+) -> str:
+    """Deploy ``build_app(args)`` under ``name`` at ``/`` and wait until it answers.
+
+    Ray must be initialised. Returns the service's base URL. ``log_level`` INFO adds
+    Serve's access log (one line per request) and replica events.
+    """
+    from ray import serve
+    from ray.serve.schema import LoggingConfig
+
+    from serve.app import build_app
+
+    logging_config = LoggingConfig(log_level=log_level)
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    serve.run(
+        build_app(args),
+        name=name,
+        route_prefix="/",
+        blocking=False,
+        logging_config=logging_config,
+    )
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    wait_healthy(url, timeout_s)
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Poll ``GET /v1/health`` until it answers 200; returns its JSON."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{url}/v1/health", timeout=5)
+            if r.status_code == 200:
+                return r.json()
+            last = f"HTTP {r.status_code}"
+        except requests.RequestException as err:
+            last = err
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy within {timeout_s:.0f} s ({last})")
+
+
+def replica_counts(name: str = APP_NAME) -> dict[str, int]:
+    """Running replicas per deployment of application ``name`` (from Serve's status)."""
+    from ray import serve
+
+    app = serve.status().applications.get(name)
+    if app is None:
+        return {}
+    return {
+        dep: int(status.replica_states.get("RUNNING", 0)) for dep, status in app.deployments.items()
+    }
+
+
+def shutdown() -> None:
+    """Stop every Serve application and Serve's controller and proxies (not Ray)."""
+    from ray import serve
+
+    serve.shutdown()

@@ -1,0 +1,68 @@
+"""A registered model (tiny preset, seeded weights) in a real MLflow store, and the
+scoring service deployed on the session's Ray, on a free port."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
+    """``models:/avarnet@champion`` in a fresh sqlite store: an avarnet_tiny model with
+    seeded weights for the benchmark's ten classes and the tiny FeatureSpec."""
+    import torch
+
+    from avarnet.models import create_model
+    from avarnet.predictor import save_artifact
+    from workflows import tracking
+
+    root = tmp_path_factory.mktemp("served")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    labels = sorted({r["label"] for r in bench_rows})
+    kwargs = {
+        "audio_dim": tiny_spec.audio_dim,
+        "visual_dim": tiny_spec.visual_dim,
+        "num_classes": len(labels),
+        "normal_index": labels.index("Normal"),
+    }
+    torch.manual_seed(0)
+    model = create_model("avarnet_tiny", **kwargs)
+    artifact = save_artifact(
+        root / "artifact",
+        model_name="avarnet_tiny",
+        model_kwargs=model.config["kwargs"],
+        state_dict=model.state_dict(),
+        labels=labels,
+        feature_spec=tiny_spec,
+    )
+    run = tracking.open_run(uri, "avarnet", "serve-test")
+    model_uri = tracking.register_model(run, artifact, "avarnet", alias="champion")
+    run.end()
+    return {"tracking_uri": uri, "artifact": Path(artifact), "model_uri": model_uri, "root": root}
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, registered_model):
+    """The application, deployed from the registry alias; shut down after the module."""
+    from serve.deploy import deploy, shutdown
+
+    args = {
+        "model": "models:/avarnet@champion",
+        "tracking_uri": registered_model["tracking_uri"],
+        "max_upload_mb": 1.0,
+        "encoder_cpus": 0.25,
+        "classifier_cpus": 0.1,
+        "encoder_max_replicas": 2,
+    }
+    url = deploy(args, port=free_port())
+    yield {"url": url, **registered_model}
+    shutdown()
