@@ -171,6 +171,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 200.0
+    encoder_cpus: float = 1.0  # per Encoder replica (also its torch threads)
+    encoder_gpus: float = 0.0  # per Encoder replica; > 0 runs the encoders on CUDA
+    encoder_max_replicas: int = 2  # the Encoder's autoscaling ceiling (minimum 1)
 
 
 @dataclass(frozen=True)

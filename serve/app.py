@@ -17,6 +17,7 @@ opens a path that a client sends.
 """
 
 import asyncio
+import logging
 import os
 import tempfile
 import time
@@ -33,6 +34,7 @@ from ray.serve.handle import DeploymentHandle
 
 __all__ = ["AppArgs", "ScoreResponse", "build_app", "resolve_model"]
 
+logger = logging.getLogger("ray.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 API_VERSION = "v1"
 
@@ -55,8 +57,9 @@ class AppArgs:
         encoder_min_replicas / encoder_max_replicas: the Encoder's autoscaling range.
         classifier_cpus: per Classifier replica.
         max_batch_size: clips per Encoder batch (``@serve.batch``).
-        batch_wait_timeout_s: how long a batch waits to fill.
-        threads: torch threads per Encoder replica (0: torch's default).
+        batch_wait_timeout_s: how long a batch waits to fill (0: take what is queued; under
+            load, requests queue while a batch runs, so batches still form).
+        threads: torch threads per Encoder replica (0: its reserved CPUs, at least 1).
         target_ongoing_requests: the autoscaler's target per replica.
     """
 
@@ -70,7 +73,7 @@ class AppArgs:
     encoder_max_replicas: int = 2
     classifier_cpus: float = 0.5
     max_batch_size: int = 4
-    batch_wait_timeout_s: float = 0.01
+    batch_wait_timeout_s: float = 0.0
     threads: int = 0
     target_ongoing_requests: float = 1.0
 
@@ -118,7 +121,9 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
     from workflows import tracking
 
     if model.startswith(("models:/", "runs:/")):
-        uri = tracking_uri or tracking.resolve_tracking_uri(TrackingConfig(), output_dir)
+        uri = tracking_uri or tracking.resolve_tracking_uri(
+            TrackingConfig(), _project_path(output_dir)
+        )
         info = tracking.model_version_info(model, uri) if model.startswith("models:/") else None
         pinned = f"models:/{info['name']}/{info['version']}" if info else model
         folder = tracking.download_model(pinned, uri)
@@ -126,12 +131,21 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
         name = info["name"] if info else meta["model_name"]
         version = str(info["version"]) if info else "run"
         return ModelRef(pinned, name, version, model, uri, meta)
-    folder = Path(model).resolve()
+    folder = _project_path(model)
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{model}: not a model artifact folder (no model.json)")
     meta = json.loads(meta_path.read_text())
     return ModelRef(str(folder), meta["model_name"], "local", model, tracking_uri, meta)
+
+
+def _project_path(path: str) -> Path:
+    """Relative paths (config files, ``serve run``) are relative to the project's root,
+    whatever the working directory of the process that builds the application."""
+    from workflows.runtime import project_root
+
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(project_root()) / p
 
 
 def _load_predictor(ref: ModelRef):
@@ -211,15 +225,20 @@ class Encoder:
         chunk_segments: int = 32,
         threads: int = 0,
         max_batch_size: int = 4,
-        batch_wait_timeout_s: float = 0.02,
+        batch_wait_timeout_s: float = 0.0,
     ):
         import torch
 
         from avarnet.features.backbones import build_encoders
         from avarnet.features.spec import FeatureSpec
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        if threads <= 0:  # as many threads as the replica reserved CPUs (at least one)
+            import ray
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            threads = max(1, int(cpus))
+        torch.set_num_threads(threads)
+        self.threads = threads
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoders = build_encoders(FeatureSpec.from_dict(spec), device=device)
         self.opts = self.encoders.spec.decode_options(chunk_segments=chunk_segments)
@@ -227,7 +246,7 @@ class Encoder:
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.tmp = Path(tempfile.mkdtemp(prefix="avarnet-serve-"))
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.0)
     async def encode(self, payloads: list[bytes]) -> list[dict[str, Any]]:
         # Off the event loop, so that the next batch can queue while this one runs.
         return await asyncio.to_thread(self._encode_batch, payloads)
@@ -240,11 +259,11 @@ class Encoder:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             try:
-                probe(path)
+                info = probe(path)
             except DecodeError as err:
                 raise MediaError(415, _public(err.reason, path)) from None
             try:
-                return list(iter_chunks(path, self.opts))
+                return list(iter_chunks(path, self.opts, info=info))
             except DecodeError as err:
                 raise MediaError(422, f"undecodable video: {_public(err.reason, path)}") from None
         finally:
@@ -297,7 +316,7 @@ class Classifier:
     def __init__(self, ref: dict[str, Any]):
         self.predictor = _load_predictor(ModelRef(**ref))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         preds = self.predictor.predict(
@@ -387,7 +406,7 @@ api = FastAPI(
     description="Audio-visual anomaly recognition (AVAR-Net): upload a video clip, get its "
     "class, class probabilities and a per-segment anomaly timeline.",
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
 
 
 @serve.deployment(
@@ -481,10 +500,16 @@ class Ingress:
         if isinstance(data, JSONResponse):
             return data
         t1 = time.perf_counter()
-        feats = await self.encoder.encode.remote(data)
-        if "error" in feats:
-            return error_response(feats["error"]["status"], feats["error"]["message"])
-        pred = await self.classifier.predict.remote(feats)
+        try:
+            feats = await self.encoder.encode.remote(data)
+            if "error" in feats:
+                return error_response(feats["error"]["status"], feats["error"]["message"])
+            pred = await self.classifier.predict.remote(feats)
+        except Exception as err:  # a replica lost mid-request (node failure, OOM kill)
+            logger.warning("scoring failed: %s: %s", type(err).__name__, err)
+            return error_response(
+                503, f"scoring is temporarily unavailable ({type(err).__name__}); retry shortly"
+            )
         bounds = feats["bounds_s"]
         segments = [
             {

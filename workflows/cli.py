@@ -577,14 +577,12 @@ def _run_serve(args: argparse.Namespace) -> int:
                 ("host", "serve.host"),
                 ("port", "serve.port"),
                 ("max_upload_mb", "serve.max_upload_mb"),
+                ("encoder_max_replicas", "serve.encoder_max_replicas"),
+                ("gpus_per_encoder", "serve.encoder_gpus"),
             ),
         ),
     )
     app_args = serve_app_args(cfg, args.tracking_uri)
-    if args.encoder_max_replicas is not None:
-        app_args["encoder_max_replicas"] = args.encoder_max_replicas
-    if args.gpus_per_encoder is not None:
-        app_args["encoder_gpus"] = args.gpus_per_encoder
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ray_session():
@@ -612,6 +610,9 @@ def serve_app_args(cfg, tracking_uri: str | None = None) -> dict:
         "tracking_uri": tracking_uri or _tracking_uri(cfg, Path(cfg.output_dir)),
         "output_dir": str(Path(cfg.output_dir).resolve()),
         "max_upload_mb": cfg.serve.max_upload_mb,
+        "encoder_cpus": cfg.serve.encoder_cpus,
+        "encoder_gpus": cfg.serve.encoder_gpus,
+        "encoder_max_replicas": cfg.serve.encoder_max_replicas,
     }
 
 
@@ -662,6 +663,36 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- pipeline
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    from workflows.pipeline import build_parser
+
+    template = build_parser()
+    p = sub.add_parser(
+        "pipeline",
+        help="the whole workflow: data -> extract -> train -> tune -> serve",
+        description=template.description,
+        add_help=True,
+    )
+    for action in template._actions:
+        if action.dest != "help":
+            p._add_action(action)
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from workflows.pipeline import main as pipeline_main
+
+    argv = []
+    for flag in ("config", "stages"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    for flag in ("force", "keep_serving", "json"):
+        if getattr(args, flag):
+            argv.append(f"--{flag.replace('_', '-')}")
+    return pipeline_main(argv + list(args.overrides or []))
+
+
 # ------------------------------------------------------------------------- main
 VERBS = [
     _add_synth,
@@ -673,6 +704,7 @@ VERBS = [
     _add_evaluate,
     _add_serve,
     _add_score,
+    _add_pipeline,
 ]
 
 

@@ -1,5 +1,6 @@
-"""The workflow end to end: data -> extract -> train -> tune (the best model becomes the
-registry's champion), one MLflow parent run with a child run per stage.
+"""The workflow end to end: data -> extract -> train -> tune (the best model is registered
+as the registry's champion) -> serve (deploy the champion with Ray Serve and score a test
+clip over HTTP), one MLflow parent run with a child run per stage.
 
 Run it locally (``make demo``) or as a Ray job on a cluster::
 
@@ -8,7 +9,14 @@ Run it locally (``make demo``) or as a Ray job on a cluster::
 
 Idempotent: each stage writes a marker ``<output_dir>/stages/<stage>.json`` holding the
 hash of the configuration it depends on and its result; a re-run skips a stage whose
-marker matches, ``--force`` redoes them, ``--stages`` selects some.
+marker matches, ``--force`` redoes them, ``--stages`` selects some. The ``serve`` stage is
+live state, not an output: it always runs. Outputs are written aside and renamed into
+place (the generated data, feature parts, model artifacts, markers), so an interrupted
+run never leaves a half-written output that a re-run would trust.
+
+On a local Ray (started by the pipeline) the service lives as long as the process:
+``--keep-serving`` keeps it up until Ctrl-C. On a cluster (a Ray job, ``RAY_ADDRESS``) the
+deployment stays up after the job; ``serve shutdown`` removes it.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +36,7 @@ from typing import Any
 
 from avarnet.config import Config, config_to_dict, load_config, save_config
 
-STAGES = ("data", "extract", "train", "tune")
+STAGES = ("data", "extract", "train", "tune", "serve")
 
 # The config sections each stage's output depends on (a change re-runs the stage).
 _DEPENDS = {
@@ -34,7 +44,9 @@ _DEPENDS = {
     "extract": ("data", "synth", "features"),
     "train": ("data", "synth", "features", "model", "train"),
     "tune": ("data", "synth", "features", "model", "train", "tune"),
+    "serve": ("data", "synth", "features", "model", "train", "tune", "serve"),
 }
+_ALWAYS = {"serve"}  # live state: redeployed on every run
 
 
 @dataclass
@@ -79,7 +91,7 @@ class Pipeline:
 
     def _done(self, stage: str) -> dict | None:
         m = self._marker(stage)
-        if self.force or not m.exists():
+        if self.force or stage in _ALWAYS or not m.exists():
             return None
         data = json.loads(m.read_text())
         return data if data.get("hash") == _stage_hash(self.cfg, stage) else None
@@ -111,15 +123,24 @@ class Pipeline:
             from avarnet.data.synthetic import generate_benchmark
 
             s = self.cfg.synth
-            generate_benchmark(
-                self.data_dir,
-                clips_per_class=s.clips_per_class,
-                seconds=s.seconds,
-                seed=s.seed,
-                fps=s.fps,
-                degrade_fraction=s.degrade_fraction,
-                no_audio_fraction=s.no_audio_fraction,
-            )
+            # Written aside, then renamed: a half-generated benchmark is never mistaken for one.
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".data-", dir=self.root))
+            try:
+                generate_benchmark(
+                    tmp,
+                    clips_per_class=s.clips_per_class,
+                    seconds=s.seconds,
+                    seed=s.seed,
+                    fps=s.fps,
+                    degrade_fraction=s.degrade_fraction,
+                    no_audio_fraction=s.no_audio_fraction,
+                )
+                if self.data_dir.exists():
+                    shutil.rmtree(self.data_dir)
+                os.replace(tmp, self.data_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             manifest = self.data_dir / "manifest.csv"
             result = read_manifest(manifest)
         summary = result.summary()
@@ -179,8 +200,47 @@ class Pipeline:
         res["outputs"] = f"{res['model_uri']} (@champion)"
         return res
 
+    def stage_serve(self, parent_run_id: str | None, run) -> dict:
+        from avarnet.data.manifest import read_manifest
+        from serve.client import score_file
+        from serve.deploy import deploy
+        from workflows.cli import serve_app_args
+
+        sc = self.cfg.serve
+        args = serve_app_args(self.cfg, run.tracking_uri)
+        run.log_params({"model_uri": sc.model_uri, "port": sc.port})
+        t0 = time.perf_counter()
+        url = deploy(args, host=sc.host, port=sc.port)
+        deploy_s = time.perf_counter() - t0
+        rows = read_manifest(self.data_dir / "manifest.csv").rows
+        clip = next((r for r in rows if r.get("split") == "test"), rows[0])
+        t0 = time.perf_counter()
+        res = score_file(url, clip["path"])
+        latency_ms = 1e3 * (time.perf_counter() - t0)
+        run.log_metrics({"deploy_seconds": deploy_s, "smoke_latency_ms": latency_ms})
+        run.log_dict(res, "smoke_score.json")
+        run.set_tags({"avarnet.serve_url": url, "avarnet.model_version": res["model"]["version"]})
+        self.state["serve_url"] = url
+        return {
+            "url": url,
+            "clip": clip["path"],
+            "expected": clip["label"],
+            "label": res["label"],
+            "latency_ms": round(latency_ms, 1),
+            "model_version": res["model"]["version"],
+            "metric": (
+                f"v{res['model']['version']} at {url}; {Path(clip['path']).name} -> "
+                f"{res['label']} (true {clip['label']}) in {latency_ms:.0f} ms"
+            ),
+            "outputs": f"{url}/",
+        }
+
     # -- driver
-    def run(self, stages: list[str] | None = None) -> list[StageResult]:
+    def run(
+        self, stages: list[str] | None = None, then: Callable[[], None] | None = None
+    ) -> list[StageResult]:
+        """Run ``stages`` (default: all); ``then`` runs afterwards, still inside the Ray
+        session (the service is up)."""
         from workflows import tracking
         from workflows.runtime import ray_session
 
@@ -196,6 +256,7 @@ class Pipeline:
             "extract": self.stage_extract,
             "train": self.stage_train,
             "tune": self.stage_tune,
+            "serve": self.stage_serve,
         }
         with (
             ray_session(),
@@ -244,6 +305,8 @@ class Pipeline:
                         stage, "ran", seconds, data.get("metric", ""), data.get("outputs", ""), data
                     )
                 )
+            if then is not None:
+                then()
         return self.results
 
     def _say(self, msg: str) -> None:
@@ -261,51 +324,95 @@ class Pipeline:
         return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m workflows.pipeline",
         description=(
-            "Run the avarnet workflow end to end (data -> extract -> train -> tune) with one MLflow "
-            "parent run and a child run per stage. Stages whose outputs exist and match the "
-            "config are skipped."
+            "Run the avarnet workflow end to end (data -> extract -> train -> tune -> serve) "
+            "with one MLflow parent run and a child run per stage. Stages whose outputs exist "
+            "and match the config are skipped; an interrupted run resumes where it stopped. "
+            "The serve stage deploys the champion with Ray Serve and scores a test clip over "
+            "HTTP. Runs on the Ray cluster in RAY_ADDRESS (a Ray job) or a local Ray."
         ),
     )
     parser.add_argument("--config", help="YAML config (e.g. workflows/configs/demo.yaml)")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the last stage, keep the service up until Ctrl-C",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args(argv)
-    from workflows.cli import EXIT_BAD_INPUT, _known_errors
+    return parser
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        pipe = Pipeline(cfg, force=args.force, progress=not args.json)
-        pipe.run(args.stages.split(",") if args.stages else None)
-    except _known_errors() + (ValueError,) as err:
-        print(f"avarnet: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.json:
+
+def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
+    if as_json:
         print(
             json.dumps(
                 {
                     "stages": [r.__dict__ for r in pipe.results],
                     "tracking_uri": pipe.tracking_uri,
                     "parent_run_id": pipe.parent_run_id,
+                    "serve_url": pipe.state.get("serve_url"),
                 },
                 default=str,
-            )
+            ),
+            flush=True,
         )
-        return 0
+        return
     print(pipe.summary_table())
     if "train_report" in pipe.state:
         from avarnet.evaluation import format_report
 
         print("\ntest split:\n" + format_report(pipe.state["train_report"]))
     print(
-        f"\nMLflow: mlflow ui --backend-store-uri {pipe.tracking_uri}   (parent run {pipe.parent_run_id})"
+        f"\nMLflow: mlflow ui --backend-store-uri {pipe.tracking_uri}   "
+        f"(parent run {pipe.parent_run_id})"
     )
     print(f"outputs: {pipe.root}")
+    url = pipe.state.get("serve_url")
+    if url:
+        if keep_serving:
+            print(f"serving: {url}/  (web page; API docs at {url}/docs). Ctrl-C stops it.")
+        elif os.environ.get("RAY_ADDRESS"):
+            print(f"serving on the cluster: {url}/  (remove with `serve shutdown`)")
+        else:
+            print(f"served at {url}/ during the run; --keep-serving keeps it up")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from workflows.cli import EXIT_BAD_INPUT, _known_errors
+
+    def then() -> None:
+        _report(pipe, args.json, args.keep_serving)
+        if args.keep_serving and pipe.state.get("serve_url"):
+            import threading
+
+            threading.Event().wait()  # until Ctrl-C
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        pipe = Pipeline(cfg, force=args.force, progress=not args.json)
+        pipe.run(args.stages.split(",") if args.stages else None, then=then)
+    except _known_errors() + (ValueError,) as err:
+        print(f"avarnet: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.keep_serving and pipe.state.get("serve_url"):
+            print("avarnet: service stopped", file=sys.stderr)
+            return 0
+        done = [r.stage for r in pipe.results]
+        print(
+            f"avarnet: interrupted after {', '.join(done) or 'no stage'}; run the same command "
+            "again to resume (finished stages are skipped)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

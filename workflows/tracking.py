@@ -167,10 +167,14 @@ def start_run(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> Iterator[RunLogger]:
-    """Open a run; it ends FINISHED, or FAILED (and re-raises) when the body raises."""
+    """Open a run; it ends FINISHED, KILLED on Ctrl-C, or FAILED (and re-raises) when the
+    body raises."""
     logger = open_run(tracking_uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags)
     try:
         yield logger
+    except KeyboardInterrupt:
+        logger.end("KILLED")
+        raise
     except BaseException:
         logger.end("FAILED")
         raise

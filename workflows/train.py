@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from contextlib import contextmanager
@@ -296,6 +297,8 @@ def train_loop_per_worker(config: dict) -> None:
         fail_at = config.get("fail_once_at_epoch")
         if fail_at is not None and epoch == fail_at and not os.path.exists(config["fail_marker"]):
             Path(config["fail_marker"]).write_text("failed once")
+            if config.get("fail_by_kill"):  # the worker process dies, as on a lost node
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure at epoch {epoch} (fault-tolerance test)")
         model.train()
         t0 = time.perf_counter()

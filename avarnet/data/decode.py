@@ -288,8 +288,12 @@ def _load_audio(info: ClipInfo, opts: DecodeOptions, end_s: float) -> np.ndarray
     return np.pad(audio, (0, n_target - len(audio)))
 
 
-def iter_chunks(path: str | os.PathLike, opts: DecodeOptions | None = None) -> Iterator[ClipChunk]:
+def iter_chunks(
+    path: str | os.PathLike, opts: DecodeOptions | None = None, info: ClipInfo | None = None
+) -> Iterator[ClipChunk]:
     """Decode a clip ``opts.chunk_segments`` segments at a time.
+
+    ``info``: this path's :func:`probe` result, when the caller has it already.
 
     Memory: one chunk's frames ``(chunk_segments, K, S, S, 3)`` plus the clip's audio at
     ``opts.sample_rate`` (16 kHz mono float32 is 3.8 MB per minute).
@@ -299,7 +303,7 @@ def iter_chunks(path: str | os.PathLike, opts: DecodeOptions | None = None) -> I
             video lengths disagree by more than one segment.
     """
     opts = opts or DecodeOptions()
-    info = probe(path)
+    info = info or probe(path)
     vr = _open_video(info.path, opts.image_size, opts.threads)
     try:
         starts = _frame_starts(vr)

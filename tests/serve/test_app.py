@@ -239,3 +239,43 @@ def test_web_page_uploads_a_clip_and_shows_the_result(service, bench_rows, tmp_p
     assert label == expected["label"]
     assert rows == 10 and bars == len(expected["segments"]) == 3
     assert error.startswith("415")
+
+
+def test_service_recovers_from_a_killed_encoder_replica(service, bench_rows):
+    """SIGKILL the Encoder replica's process: Serve replaces it and requests succeed again."""
+    import os
+    import signal
+    import time
+
+    from ray.util.state import list_actors
+
+    def encoder_pids() -> list[int]:
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return [a.pid for a in actors if "Encoder" in (a.class_name or "") and a.pid]
+
+    path = _clip(bench_rows, audio=True)
+    url = f"{service['url']}/v1/score"
+    before = encoder_pids()
+    assert before
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    outcomes = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            r = requests.post(url, files={"file": (path.name, path.read_bytes())}, timeout=60)
+            outcomes.append(r.status_code)
+            if r.status_code == 200:
+                break
+        except requests.RequestException as err:
+            outcomes.append(type(err).__name__)
+        time.sleep(0.5)
+    assert outcomes and outcomes[-1] == 200, outcomes
+    # Meanwhile: 503 (retry) or a refused connection, never a 500.
+    assert set(outcomes) <= {200, 503, "ConnectionError", "ReadTimeout"}, outcomes
+    print("outcomes while the replica was replaced:", outcomes)
+    after = encoder_pids()
+    assert after and not set(after) & set(before)  # a new replica process
+    for _ in range(3):  # and it keeps working
+        r = requests.post(url, files={"file": (path.name, path.read_bytes())}, timeout=60)
+        assert r.status_code == 200

@@ -157,7 +157,12 @@ def test_two_worker_ddp_training(ray_session, tiny_features, tmp_path):
     assert sorted(m.step for m in history) == [0, 1]  # rank 0 logs once per epoch
 
 
-def test_training_resumes_from_checkpoint_after_a_failure(ray_session, tiny_features, tmp_path):
+@pytest.mark.parametrize("kill", [False, True], ids=["exception", "worker-killed"])
+def test_training_resumes_from_checkpoint_after_a_failure(
+    ray_session, tiny_features, tmp_path, kill
+):
+    """A worker that raises, or whose process is killed (SIGKILL), is restarted and goes on
+    from the last checkpoint."""
     marker = tmp_path / "failed-once"
     cfg = _cfg(tmp_path, "train.workers=1", "train.epochs=3", "train.max_failures=1")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -166,7 +171,7 @@ def test_training_resumes_from_checkpoint_after_a_failure(ray_session, tiny_feat
         tiny_features,
         tracking_uri=uri,
         register=False,
-        loop_overrides={"fail_once_at_epoch": 2, "fail_marker": str(marker)},
+        loop_overrides={"fail_once_at_epoch": 2, "fail_marker": str(marker), "fail_by_kill": kill},
     )
     assert marker.exists()  # the worker did fail at epoch 2 ...
     history = MlflowClient(uri).get_metric_history(res["run_id"], "train_loss")

@@ -1,0 +1,182 @@
+"""The pipeline as a Ray job against a real head node (`ray start --head`, token
+authentication on), exactly as the README tells a user to submit it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def head_node():
+    """A Ray head node of our own (its own ports, temp dir and token); stopped by stopping
+    the `ray start --block` process we started, never with a machine-wide `ray stop`."""
+    gcs, dash, agent, agent_grpc, metrics, rt_env, client, serve_port = _free_ports(8)
+    temp_dir = tempfile.mkdtemp(prefix="avr-")  # short: Ray's socket paths have a limit
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={rt_env}",
+        f"--ray-client-server-port={client}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_dashboard(address, env, proc)
+        yield {"address": address, "env": env, "serve_port": serve_port}
+    finally:
+        # SIGTERM to `ray start --block` stops the processes of this head node only.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_dashboard(address: str, env: dict, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
+        r = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode == 0:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the head node's job API at {address} did not come up")
+
+
+def test_pipeline_as_a_ray_job(head_node, tmp_path):
+    env, address = head_node["env"], head_node["address"]
+    out = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Without the token the job API refuses.
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    no_token["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "no-such-token")
+    refused = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", address],
+        env=no_token,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert refused.returncode != 0
+
+    t0 = time.monotonic()
+    submit = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            "workflows.pipeline",
+            "--config",
+            "workflows/configs/demo.yaml",
+            f"output_dir={out}",
+            f"tracking.tracking_uri={uri}",
+            "synth.clips_per_class=3",
+            "synth.seconds=2",
+            "train.epochs=3",
+            "tune.trials=2",
+            "tune.grace_period=1",
+            f"serve.port={head_node['serve_port']}",
+            "serve.encoder_cpus=0.5",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    wall = time.monotonic() - t0
+    assert submit.returncode == 0, (submit.stdout[-4000:], submit.stderr[-2000:])
+    job_id = re.search(r"raysubmit_\w+", submit.stdout + submit.stderr).group(0)
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", job_id, "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert "SUCCEEDED" in status.stdout + status.stderr, status
+    print(f"ray job: {wall:.0f} s")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("avarnet")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    (parent,) = [r for r in runs if r.data.tags.get("avarnet.stage") == "pipeline"]
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags.get("avarnet.stage") for r in runs}
+    assert {"data", "extract", "train", "tune", "serve"} <= stages
+    assert client.get_model_version_by_alias("avarnet", "champion") is not None
+    markers = {p.stem for p in (out / "stages").glob("*.json")}
+    assert markers == {"data", "extract", "train", "tune", "serve"}
+    serve_marker = json.loads((out / "stages" / "serve.json").read_text())
+    assert serve_marker["label"] and serve_marker["url"].endswith(str(head_node["serve_port"]))
+
+    # The service the job deployed stays up on the cluster after the job.
+    import requests
+
+    r = requests.get(f"{serve_marker['url']}/v1/health", timeout=30)
+    assert r.status_code == 200 and r.json()["model"]["name"] == "avarnet"

@@ -1,0 +1,134 @@
+"""Faults a cluster has: an extraction actor killed mid-run, a pipeline interrupted
+between stages. (A training worker killed: tests/workflows/test_train.py; a Serve replica
+killed: tests/serve/test_app.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alive_actor_pids(class_fragment: str) -> list[int]:
+    """PIDs of this cluster's live actors whose class name contains ``class_fragment``."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False
+    )
+    return [a.pid for a in actors if class_fragment in (a.class_name or "") and a.pid]
+
+
+def test_extraction_survives_a_killed_encoder_actor(ray_session, bench_rows, tiny_spec, tmp_path):
+    from avarnet.features import table as ft
+    from workflows.extract import run_extract
+
+    out = tmp_path / "features"
+    result: dict = {}
+
+    def extract() -> None:
+        try:
+            result["summary"] = run_extract(
+                bench_rows, out, tiny_spec, workers=1, batch_size=1, progress=False
+            )
+        except BaseException as err:  # reported below
+            result["error"] = err
+
+    worker = threading.Thread(target=extract)
+    worker.start()
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while not pids and time.monotonic() < deadline and worker.is_alive():
+        pids = alive_actor_pids("ChunkEncoder")
+        time.sleep(0.2)
+    assert pids, "the encoder actor never started"
+    time.sleep(1.5)  # let it encode a few clips first
+    assert worker.is_alive(), "extraction finished before the kill: nothing was tested"
+    os.kill(pids[0], signal.SIGKILL)
+    worker.join(timeout=600)
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert summary.clips_failed == 0, summary.errors
+    assert ft.done_video_ids(out) == {r["video_id"] for r in bench_rows}  # every clip written
+    table = ft.read_features(out)
+    assert len(table) == len(bench_rows)  # and none twice
+
+
+def _pipeline(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "workflows.pipeline",
+        "--config",
+        str(ROOT / "workflows" / "configs" / "demo.yaml"),
+        "--stages",
+        "data,extract,train",
+        f"output_dir={tmp_path / 'run'}",
+        "synth.clips_per_class=3",
+        "synth.seconds=2",
+        "train.epochs=2",
+        *extra,
+    ]
+
+
+def test_interrupted_pipeline_resumes_without_redoing_finished_stages(tmp_path):
+    """Ctrl-C once extraction has finished; the re-run skips data and extract."""
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, as a user's first run
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(
+        _pipeline(tmp_path),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = tmp_path / "run" / "stages" / "extract.json"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "run the same command again to resume" in err
+    stages = tmp_path / "run" / "stages"
+    assert not (stages / "train.json").exists()
+    extracted_at = marker.stat().st_mtime_ns
+    parts = sorted(p.name for p in (tmp_path / "run" / "features").glob("*.parquet"))
+
+    res = subprocess.run(
+        [*_pipeline(tmp_path), "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    status = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert status == {"data": "skipped", "extract": "skipped", "train": "ran"}
+    assert marker.stat().st_mtime_ns == extracted_at  # not redone
+    assert sorted(p.name for p in (tmp_path / "run" / "features").glob("*.parquet")) == parts
+    # Nothing half-written is left beside the outputs.
+    leftovers = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(summary["tracking_uri"])
+    exp = client.get_experiment_by_name("avarnet")
+    parents = client.search_runs([exp.experiment_id], "tags.`avarnet.stage` = 'pipeline'")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
