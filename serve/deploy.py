@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ def deploy(
 
     logging_config = LoggingConfig(log_level=log_level)
     serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    logging.getLogger("ray.serve").setLevel(log_level)  # this process's "app is ready" lines
     serve.run(
         build_app(args),
         name=name,

@@ -225,6 +225,10 @@ def run_search(
             "storage_path": str(storage),
         }
 
+        worker_bundle = {
+            k: v for k, v in {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}.items() if v
+        }
+
         def budget_hit() -> bool:
             return t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
 
@@ -260,6 +264,7 @@ def run_search(
                         callbacks=[
                             *(callbacks or []),
                             *([_progress_callback()] if progress else []),
+                            _release_callback(worker_bundle),
                         ],
                     ),
                 )
@@ -370,6 +375,69 @@ def _progress_callback():
             print(f"[tune] trial {trial.trial_id} failed", file=sys.stderr, flush=True)
 
     return Progress()
+
+
+def _release_callback(worker_bundle: dict[str, float], grace_s: float = 3.0):
+    """Free what a finished trial's training run could leave behind.
+
+    A trial that ends (or is stopped by ASHA) takes its Ray Train controller with it; Ray
+    Train's detached cleaner then removes the workers' placement group, but it finds the
+    controller's state through the state API, which cannot answer when, for example, two
+    Ray instances run on one machine. The group then keeps its CPUs and the next trial
+    waits forever. So: when no other trial is running, placement groups of this job with
+    the shape of a trial's training workers are leftovers, and are removed.
+    """
+    import logging
+    import time as _time
+
+    import ray
+    from ray.tune import Callback
+
+    log = logging.getLogger("avarnet.tune")
+
+    def leftovers() -> list[str]:
+        from ray.util import placement_group_table
+
+        job = ray.get_runtime_context().get_job_id()
+        return [
+            pg_id
+            for pg_id, info in placement_group_table().items()
+            if pg_id.endswith(job)  # a placement group's id ends with its job's id
+            and info.get("state") == "CREATED"
+            and info.get("bundles")
+            and all(
+                {k: v for k, v in b.items() if v} == worker_bundle for b in info["bundles"].values()
+            )
+        ]
+
+    class Release(Callback):
+        def _check(self, trials, trial) -> None:
+            if any(t.status == "RUNNING" and t is not trial for t in trials):
+                return
+            deadline = _time.monotonic() + grace_s  # Ray Train's own cleanup goes first
+            while (found := leftovers()) and _time.monotonic() < deadline:
+                _time.sleep(0.25)
+            if not found:
+                return
+            from ray._raylet import PlacementGroupID
+            from ray.util import remove_placement_group
+            from ray.util.placement_group import PlacementGroup
+
+            for pg_id in found:
+                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+            log.warning(
+                "removed %d placement group(s) left by trial %s's training run",
+                len(found),
+                trial.trial_id,
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._check(trials, trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._check(trials, trial)
+
+    return Release()
 
 
 def _trial_table(grid, max_epochs: int) -> list[dict[str, Any]]:
