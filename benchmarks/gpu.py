@@ -8,7 +8,11 @@ for ``benchmarks/extract.py``'s (c) and ``benchmarks/train.py``'s training pass:
   configuration), chunks of 32 one-second segments x 8 frames plus 32 s of 16 kHz audio,
   in batches of ``--chunks-per-call`` -> clip-seconds per second;
 - training: ``avarnet_base`` (4 stages x 10 layers x 64 filters) on 768 + 640-d features,
-  batch 16 x 64 segments, AdamW -> milliseconds per step and clips per second.
+  batch 16 x 64 segments, AdamW -> milliseconds per step and clips per second;
+- scoring: what one Serve Encoder + Classifier replica computes per request on a GPU: a
+  10-second clip (10 segments x 8 frames, 10 s of audio) through the encoders and the
+  ``Predictor`` (``avarnet_base``), one clip per call (latency p50/p95) and four per call
+  (an ``@serve.batch`` under load: clips per second). Decoding is not included.
 
     python benchmarks/gpu.py [--device cuda] [--out result.json]
 """
@@ -107,6 +111,72 @@ def bench_train_step(device: str, steps: int, batch: int = 16, t: int = 64) -> d
     }
 
 
+def _chunk(spec, n: int, seed: int = 0) -> ClipChunk:
+    rng = np.random.default_rng(seed)
+    k, s = spec.frames_per_segment, spec.image_size
+    return ClipChunk(
+        info=None,
+        chunk_index=0,
+        n_chunks=1,
+        segment_start=0,
+        n_segments_total=n,
+        bounds_s=np.arange(n + 1, dtype=np.float64),
+        frames=rng.integers(0, 255, (n, k, s, s, 3), dtype=np.uint8),
+        audio=(0.1 * rng.standard_normal(n * spec.sample_rate)).astype(np.float32),
+        has_audio=True,
+    )
+
+
+def bench_scoring(device: str, preset: str, calls: int, seconds: int = 10) -> dict:
+    import tempfile
+
+    from avarnet.predictor import Predictor, save_artifact
+
+    spec = build_feature_spec(preset)
+    enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
+    labels = [f"class{i}" for i in range(9)] + ["Normal"]
+    torch.manual_seed(0)
+    model = create_model(
+        "avarnet_base",
+        audio_dim=spec.audio_dim,
+        visual_dim=spec.visual_dim,
+        num_classes=10,
+        normal_index=9,
+    )
+    folder = save_artifact(
+        Path(tempfile.mkdtemp()) / "model",
+        model_name="avarnet_base",
+        model_kwargs=model.config["kwargs"],
+        state_dict=model.state_dict(),
+        labels=labels,
+        feature_spec=spec,
+    )
+    predictor = Predictor.from_dir(folder, device=device)
+    clip = _chunk(spec, seconds)
+
+    def request(n: int) -> float:
+        t0 = time.perf_counter()
+        feats = enc.encode_chunks([clip] * n)
+        predictor.predict([a for a, _ in feats], [v for _, v in feats], [True] * n)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        request(1)
+        request(4)  # warm-up
+        one = [request(1) for _ in range(calls)]
+        four = [request(4) for _ in range(calls)]
+    return {
+        "preset": preset,
+        "clip_seconds": seconds,
+        "p50_ms_1": 1000 * float(np.percentile(one, 50)),
+        "p95_ms_1": 1000 * float(np.percentile(one, 95)),
+        "clips_per_s_1": 1 / float(np.mean(one)),
+        "p50_ms_4": 1000 * float(np.percentile(four, 50)),
+        "clips_per_s_4": 4 / float(np.mean(four)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,7 +187,18 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--only-scoring", action="store_true", help="skip encoders and training")
     args = ap.parse_args()
+    if args.only_scoring:
+        result = {
+            "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+            "torch": torch.__version__,
+            "scoring": bench_scoring(args.device, args.preset, max(10, args.calls)),
+        }
+        print(json.dumps(result, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        return
     result = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
@@ -126,6 +207,7 @@ def main() -> None:
             for c in args.chunks_per_call.split(",")
         ],
         "train_step": bench_train_step(args.device, args.steps),
+        "scoring": bench_scoring(args.device, args.preset, max(10, args.calls)),
     }
     print(json.dumps(result, indent=2))
     if args.out:
