@@ -61,7 +61,10 @@ def service(ray_session, registered_model):
         "max_upload_mb": 1.0,
         "encoder_cpus": 0.25,
         "classifier_cpus": 0.1,
-        "encoder_max_replicas": 2,
+        # One Encoder replica, so that concurrent requests queue on it and are batched
+        # (the batching test); the replica-kill test then kills the only one.
+        "encoder_max_replicas": 1,
+        "batch_wait_timeout_s": 0.05,
     }
     url = deploy(args, port=free_port())
     yield {"url": url, **registered_model}

@@ -3,6 +3,7 @@ authentication on), exactly as the README tells a user to submit it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -79,13 +80,43 @@ def head_node():
         _wait_for_dashboard(address, env, proc)
         yield {"address": address, "env": env, "serve_port": serve_port}
     finally:
-        # SIGTERM to `ray start --block` stops the processes of this head node only.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _stop_head(proc, temp_dir)
+
+
+def _session_processes(sid: int) -> list[int]:
+    """PIDs in session ``sid``: `ray start` was started as a session leader, and every
+    process of its node (GCS, raylet, dashboard, workers) inherits its session."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == sid:  # state, ppid, pgrp, session
+                pids.append(int(entry.name))
+    return pids
+
+
+def _stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
+    """Stop this head node only: SIGTERM to `ray start --block` (which stops what it
+    started), then SIGKILL to what is left of its session after a few seconds (a graceful
+    stop of a node that ran a job waits ~30 s)."""
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    for _ in range(5):
+        left = _session_processes(proc.pid)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    proc.wait(timeout=30)
+    assert not _session_processes(proc.pid), "processes of the test's head node survived"
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(address: str, env: dict, proc: subprocess.Popen) -> None:
