@@ -97,8 +97,10 @@ def _trial(config: dict[str, Any]) -> None:
 
     from avarnet.config import config_from_dict
     from workflows import tracking
+    from workflows.runtime import quiet_driver
     from workflows.train import DataFacts, build_trainer
 
+    quiet_driver()  # the trial's own Ray Data reads and Train reports: warnings only
     sampled = _sampled(config)
     cfg = apply_overrides(config_from_dict(config["base_config"]), _overrides(sampled))
     trial_id = ray.tune.get_context().get_trial_id()

@@ -50,6 +50,12 @@ def quiet_driver() -> None:
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    try:  # Ray Train's per-epoch "Reporting training result ..." logger is named by its file
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - another Ray version
+        pass
 
 
 @contextmanager

@@ -266,7 +266,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     from avarnet.models import create_model
     from avarnet.models.losses import avarnet_loss
+    from workflows.runtime import quiet_driver
 
+    quiet_driver()  # this worker's Ray Data and Ray Train INFO lines would reach the driver
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     threads = config.get("threads")
