@@ -47,5 +47,6 @@ def test_cli_help_is_fast_and_lists_verbs():
         [sys.executable, "-m", "workflows.cli", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0
-    for verb in ("synth", "manifest", "inspect", "extract", "train", "evaluate"):
+    verbs = ("synth", "manifest", "inspect", "extract", "train", "evaluate", "tune", "serve")
+    for verb in (*verbs, "score", "pipeline"):
         assert verb in out.stdout

@@ -584,16 +584,25 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     app_args = serve_app_args(cfg, args.tracking_uri)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    state = {"serving": False}
+
+    def on_signal(signum, frame):
+        # While serving: the first Ctrl-C (or SIGTERM) stops waiting and shuts down.
+        # While starting, or a second Ctrl-C during the shutdown: interrupt.
+        if state["serving"] and not stop.is_set():
+            stop.set()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     with ray_session():
         try:
             url = deploy(app_args, host=cfg.serve.host, port=cfg.serve.port)
+            state["serving"] = True
             print(f"avarnet: serving {cfg.serve.model_uri} at {url}/ (API docs: {url}/docs)")
             print("avarnet: press Ctrl-C to stop", flush=True)
-            try:
-                while not stop.wait(1.0):
-                    pass
-            except KeyboardInterrupt:
+            while not stop.wait(1.0):
                 pass
         finally:
             print("avarnet: shutting the service down", file=sys.stderr)

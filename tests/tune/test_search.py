@@ -24,7 +24,7 @@ def _cfg(tmp_path, *more: str):
             f"output_dir={tmp_path}",
             "model.name=avarnet_tiny",
             "model.num_layers=4",
-            "train.epochs=4",
+            "train.epochs=3",
             "train.batch_size=8",
             "tune.trials=4",
             "tune.grace_period=1",
@@ -59,7 +59,7 @@ def test_search_stops_weak_trials_and_registers_the_best_as_champion(
     assert res["trials_stopped_early"] >= 1, trials  # ASHA stopped at least one
     assert res["trials_completed"] + res["trials_stopped_early"] == 4
     for t in trials:  # completed trials ran every epoch, stopped ones fewer
-        assert t["epochs"] == 4 if t["outcome"] == "completed" else 1 <= t["epochs"] < 4
+        assert t["epochs"] == 3 if t["outcome"] == "completed" else 1 <= t["epochs"] < 3
 
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("avarnet", "champion")
@@ -117,7 +117,7 @@ class _InterruptAfterFirstTrial:
 
 def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = _cfg(tmp_path, "tune.trials=3", "train.epochs=2")
+    cfg = _cfg(tmp_path, "tune.trials=2", "train.epochs=2")
     with pytest.raises(SearchInterrupted, match="run the same command again"):
         run_search(
             cfg,
@@ -134,7 +134,7 @@ def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp
 
     res = run_search(cfg, tiny_features, tracking_uri=uri, progress=False)
     assert res["resumed"] and res["run_id"] == parents[0].info.run_id  # same parent run
-    assert len(res["trials"]) == 3
+    assert len(res["trials"]) == 2
     assert all(t["outcome"] in ("completed", "stopped_early") for t in res["trials"])
     assert client.get_run(res["run_id"]).info.status == "FINISHED"
     champion = client.get_model_version_by_alias("avarnet", "champion")

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +175,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
             "synth.clips_per_class=3",
             "synth.seconds=2",
             "train.epochs=2",
-            "tune.trials=2",
+            "tune.trials=1",
             "tune.grace_period=1",
             f"serve.port={head_node['serve_port']}",
             "serve.encoder_cpus=0.5",
@@ -213,17 +215,40 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     assert serve_marker["label"] and serve_marker["url"].endswith(str(head_node["serve_port"]))
 
     # The service the job deployed stays up on the cluster after the job.
-    import requests
-
     r = requests.get(f"{serve_marker['url']}/v1/health", timeout=30)
     assert r.status_code == 200 and r.json()["model"]["name"] == "avarnet"
 
     # ... until an operator removes it, as the README says.
-    down = subprocess.run(
-        [str(BIN / "serve"), "shutdown", "--address", address, "--yes"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    _serve_cli(["shutdown", "--address", address, "--yes"], env)
+
+    # An operator deploys the service from serve/config.yaml (this test's store and port,
+    # CPUs scaled to the 2-CPU head node), then removes it again.
+    cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    cfg["http_options"] = {"host": "127.0.0.1", "port": head_node["serve_port"]}
+    app = cfg["applications"][0]
+    app["args"]["tracking_uri"] = uri
+    for dep in app["deployments"]:
+        dep["ray_actor_options"]["num_cpus"] = min(dep["ray_actor_options"]["num_cpus"], 0.5)
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _serve_cli(["deploy", str(config), "--address", address], env)
+    url = serve_marker["url"]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                break
+        time.sleep(1)
+    clip = serve_marker["clip"]
+    with open(clip, "rb") as f:
+        scored = requests.post(f"{url}/v1/score", files={"file": f}, timeout=120)
+    assert scored.status_code == 200, scored.text
+    assert scored.json()["model"]["uri"] == "models:/avarnet@champion"
+    _serve_cli(["shutdown", "--address", address, "--yes"], env)
+
+
+def _serve_cli(args: list[str], env: dict) -> None:
+    res = subprocess.run(
+        [str(BIN / "serve"), *args], env=env, capture_output=True, text=True, timeout=180, cwd=ROOT
     )
-    assert down.returncode == 0, down.stderr[-2000:]
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -1,0 +1,75 @@
+"""`avarnet serve` as an operator runs it: its own local Ray, until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_cli_runs_until_ctrl_c_and_shuts_down(registered_model, bench_rows, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflows.cli",
+        "serve",
+        "--model",
+        "models:/avarnet@champion",
+        "--tracking-uri",
+        registered_model["tracking_uri"],
+        "--port",
+        str(port),
+        f"output_dir={tmp_path}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        ready = ""
+        while time.monotonic() < deadline and proc.poll() is None and "Ctrl-C" not in ready:
+            ready += proc.stdout.readline()  # "serving ... at URL", then "press Ctrl-C"
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        clip = bench_rows[0]["path"]
+        score = subprocess.run(
+            [sys.executable, "-m", "workflows.cli", "score", clip, "--url", url, "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert score.returncode == 0, score.stderr
+        assert (
+            json.loads(score.stdout)["model"]["version"]
+            == registered_model["model_uri"].rsplit("/", 1)[1]
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"serving models:/avarnet@champion at {url}/" in ready
+    assert "shutting the service down" in err
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/v1/health", timeout=5)
