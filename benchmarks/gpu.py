@@ -41,12 +41,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -> dict:
-    spec = build_feature_spec(preset)
-    enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
-    rng = np.random.default_rng(0)
-    n, k, s = 32, spec.frames_per_segment, spec.image_size
-    chunk = ClipChunk(
+def _chunk(spec, n: int, seed: int = 0) -> ClipChunk:
+    rng = np.random.default_rng(seed)
+    k, s = spec.frames_per_segment, spec.image_size
+    return ClipChunk(
         info=None,
         chunk_index=0,
         n_chunks=1,
@@ -57,6 +55,13 @@ def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -
         audio=(0.1 * rng.standard_normal(n * spec.sample_rate)).astype(np.float32),
         has_audio=True,
     )
+
+
+def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -> dict:
+    spec = build_feature_spec(preset)
+    enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
+    n = 32
+    chunk = _chunk(spec, n)
     batch = [chunk] * chunks_per_call
     with torch.inference_mode():
         enc.encode_chunks(batch)  # warm-up
@@ -109,22 +114,6 @@ def bench_train_step(device: str, steps: int, batch: int = 16, t: int = 64) -> d
         "ms_per_step": 1000 * wall / steps,
         "clips_per_s": steps * batch / wall,
     }
-
-
-def _chunk(spec, n: int, seed: int = 0) -> ClipChunk:
-    rng = np.random.default_rng(seed)
-    k, s = spec.frames_per_segment, spec.image_size
-    return ClipChunk(
-        info=None,
-        chunk_index=0,
-        n_chunks=1,
-        segment_start=0,
-        n_segments_total=n,
-        bounds_s=np.arange(n + 1, dtype=np.float64),
-        frames=rng.integers(0, 255, (n, k, s, s, 3), dtype=np.uint8),
-        audio=(0.1 * rng.standard_normal(n * spec.sample_rate)).astype(np.float32),
-        has_audio=True,
-    )
 
 
 def bench_scoring(device: str, preset: str, calls: int, seconds: int = 10) -> dict:
