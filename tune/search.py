@@ -427,7 +427,7 @@ def _release_callback(worker_bundle: dict[str, float], grace_s: float = 3.0):
 
             for pg_id in found:
                 remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
-            log.warning(
+            log.info(
                 "removed %d placement group(s) left by trial %s's training run",
                 len(found),
                 trial.trial_id,
