@@ -29,7 +29,15 @@ from avarnet.batching import pad_batch
 from avarnet.features.spec import FeatureSpec
 from avarnet.models import create_model
 
-__all__ = ["ARTIFACT_FORMAT", "Prediction", "Predictor", "find_normal_label", "save_artifact"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "Prediction",
+    "Predictor",
+    "find_normal_label",
+    "read_meta",
+    "save_artifact",
+    "seeded_artifact",
+]
 
 ARTIFACT_FORMAT = "avarnet-model/1"
 META_FILE = "model.json"
@@ -79,6 +87,47 @@ def save_artifact(
     return dst
 
 
+def seeded_artifact(
+    path: str | os.PathLike,
+    model_name: str,
+    feature_spec: FeatureSpec,
+    labels: Sequence[str],
+    seed: int = 0,
+) -> Path:
+    """An untrained model artifact with seeded weights, for ``feature_spec`` and ``labels``:
+    what serving tests and latency benchmarks need (latency does not depend on what the
+    weights learned)."""
+    normal = find_normal_label(labels)
+    torch.manual_seed(seed)
+    model = create_model(
+        model_name,
+        audio_dim=feature_spec.audio_dim,
+        visual_dim=feature_spec.visual_dim,
+        num_classes=len(labels),
+        normal_index=None if normal is None else list(labels).index(normal),
+    )
+    return save_artifact(
+        path,
+        model_name=model_name,
+        model_kwargs=model.config["kwargs"],
+        state_dict=model.state_dict(),
+        labels=labels,
+        feature_spec=feature_spec,
+    )
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """An artifact folder's ``model.json`` (without loading the weights)."""
+    p = Path(path)
+    meta_path = p / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{p}: not a model artifact (no {META_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"{p}: unknown artifact format {meta.get('format')!r}")
+    return meta
+
+
 @dataclass
 class Prediction:
     """One clip's prediction.
@@ -109,12 +158,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
         p = Path(path)
-        meta_path = p / META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{p}: not a model artifact (no {META_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != ARTIFACT_FORMAT:
-            raise ValueError(f"{p}: unknown artifact format {meta.get('format')!r}")
+        meta = read_meta(p)
         model = create_model(meta["model_name"], **meta["model_kwargs"])
         state = torch.load(p / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -119,27 +119,12 @@ def bench_train_step(device: str, steps: int, batch: int = 16, t: int = 64) -> d
 def bench_scoring(device: str, preset: str, calls: int, seconds: int = 10) -> dict:
     import tempfile
 
-    from avarnet.predictor import Predictor, save_artifact
+    from avarnet.predictor import Predictor, seeded_artifact
 
     spec = build_feature_spec(preset)
     enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
     labels = [f"class{i}" for i in range(9)] + ["Normal"]
-    torch.manual_seed(0)
-    model = create_model(
-        "avarnet_base",
-        audio_dim=spec.audio_dim,
-        visual_dim=spec.visual_dim,
-        num_classes=10,
-        normal_index=9,
-    )
-    folder = save_artifact(
-        Path(tempfile.mkdtemp()) / "model",
-        model_name="avarnet_base",
-        model_kwargs=model.config["kwargs"],
-        state_dict=model.state_dict(),
-        labels=labels,
-        feature_spec=spec,
-    )
+    folder = seeded_artifact(Path(tempfile.mkdtemp()) / "model", "avarnet_base", spec, labels)
     predictor = Predictor.from_dir(folder, device=device)
     clip = _chunk(spec, seconds)
 

@@ -51,30 +51,6 @@ def _stats(latencies_ms: list[float], wall_s: float) -> dict:
     }
 
 
-def _make_model(spec, labels: list[str], name: str, out: Path) -> Path:
-    import torch
-
-    from avarnet.models import create_model
-    from avarnet.predictor import save_artifact
-
-    torch.manual_seed(0)
-    model = create_model(
-        name,
-        audio_dim=spec.audio_dim,
-        visual_dim=spec.visual_dim,
-        num_classes=len(labels),
-        normal_index=labels.index("Normal"),
-    )
-    return save_artifact(
-        out,
-        model_name=name,
-        model_kwargs=model.config["kwargs"],
-        state_dict=model.state_dict(),
-        labels=labels,
-        feature_spec=spec,
-    )
-
-
 class Bound:
     """The clip through the library in this process: decode + encoders + Predictor."""
 
@@ -115,6 +91,7 @@ def main() -> None:
     from avarnet.data.manifest import read_manifest
     from avarnet.data.synthetic import generate_benchmark
     from avarnet.features.backbones import build_feature_spec
+    from avarnet.predictor import seeded_artifact
     from serve.client import score_file
     from serve.deploy import deploy, replica_counts, shutdown
     from workflows.runtime import init_kwargs, quiet_driver
@@ -125,7 +102,7 @@ def main() -> None:
     clip = Path(next(r["path"] for r in rows if r["label"] == "Explosion"))
     labels = sorted({r["label"] for r in rows})
     spec = build_feature_spec(args.preset)
-    artifact = _make_model(spec, labels, args.model, tmp / "model")
+    artifact = seeded_artifact(tmp / "model", args.model, spec, labels)
     threads = max(1, int(args.encoder_cpus))
     print(
         f"clip: {clip.name}, {args.seconds:.0f} s, {clip.stat().st_size / 1e6:.2f} MB; "

@@ -32,6 +32,8 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from avarnet.config import Config, ServeConfig
+
 __all__ = ["AppArgs", "ScoreResponse", "build_app", "resolve_model"]
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +42,8 @@ API_VERSION = "v1"
 
 
 # --------------------------------------------------------------------------- arguments
+
+_SERVE = ServeConfig()  # the defaults of `serve.*` in the project's config
 
 
 @dataclass
@@ -63,14 +67,14 @@ class AppArgs:
         target_ongoing_requests: the autoscaler's target per replica.
     """
 
-    model: str = "models:/avarnet@champion"
+    model: str = _SERVE.model_uri
     tracking_uri: str | None = None
-    output_dir: str = "runs/demo"
-    max_upload_mb: float = 200.0
-    encoder_cpus: float = 1.0
-    encoder_gpus: float = 0.0
+    output_dir: str = Config().output_dir
+    max_upload_mb: float = _SERVE.max_upload_mb
+    encoder_cpus: float = _SERVE.encoder_cpus
+    encoder_gpus: float = _SERVE.encoder_gpus
     encoder_min_replicas: int = 1
-    encoder_max_replicas: int = 2
+    encoder_max_replicas: int = _SERVE.encoder_max_replicas
     classifier_cpus: float = 0.5
     max_batch_size: int = 4
     batch_wait_timeout_s: float = 0.0
@@ -114,29 +118,24 @@ class ModelRef:
 
 
 def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> ModelRef:
-    """Pin ``model`` (an alias moves; a version does not) and read its metadata."""
-    import json
-
+    """Pin ``model`` (an alias moves; a version does not) and read its metadata (only
+    ``model.json``: the replicas load the weights)."""
     from avarnet.config import TrackingConfig
+    from avarnet.predictor import META_FILE, read_meta
     from workflows import tracking
 
-    if model.startswith(("models:/", "runs:/")):
-        uri = tracking_uri or tracking.resolve_tracking_uri(
-            TrackingConfig(), _project_path(output_dir)
-        )
-        info = tracking.model_version_info(model, uri) if model.startswith("models:/") else None
-        pinned = f"models:/{info['name']}/{info['version']}" if info else model
-        folder = tracking.download_model(pinned, uri)
-        meta = json.loads((folder / "model.json").read_text())
-        name = info["name"] if info else meta["model_name"]
-        version = str(info["version"]) if info else "run"
-        return ModelRef(pinned, name, version, model, uri, meta)
-    folder = _project_path(model)
-    meta_path = folder / "model.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{model}: not a model artifact folder (no model.json)")
-    meta = json.loads(meta_path.read_text())
-    return ModelRef(str(folder), meta["model_name"], "local", model, tracking_uri, meta)
+    if not model.startswith(("models:/", "runs:/")):
+        folder = _project_path(model)
+        meta = read_meta(folder)
+        return ModelRef(str(folder), meta["model_name"], "local", model, tracking_uri, meta)
+    uri = tracking_uri or tracking.resolve_tracking_uri(TrackingConfig(), _project_path(output_dir))
+    if model.startswith("runs:/"):
+        meta = read_meta(tracking.download_model(model, uri, only=META_FILE).parent)
+        return ModelRef(model, meta["model_name"], "run", model, uri, meta)
+    info = tracking.model_version_info(model, uri)
+    pinned = f"models:/{info['name']}/{info['version']}"
+    meta = read_meta(tracking.download_model(pinned, uri, only=META_FILE).parent)
+    return ModelRef(pinned, info["name"], str(info["version"]), model, uri, meta)
 
 
 def _project_path(path: str) -> Path:
@@ -146,17 +145,6 @@ def _project_path(path: str) -> Path:
 
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(project_root()) / p
-
-
-def _load_predictor(ref: ModelRef):
-    from avarnet.predictor import Predictor
-    from workflows import tracking
-
-    if ref.load_from.startswith(("models:/", "runs:/")):
-        return Predictor.load(
-            ref.load_from, resolver=lambda u: tracking.download_model(u, ref.tracking_uri)
-        )
-    return Predictor.from_dir(ref.load_from)
 
 
 # --------------------------------------------------------------------------- errors
@@ -173,11 +161,9 @@ class MediaError(Exception):
 
 _ERROR_TYPES = {
     400: "bad_request",
-    404: "not_found",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "undecodable_media",
-    500: "internal_error",
     503: "unavailable",
 }
 
@@ -203,18 +189,7 @@ def _public(reason: str, path: str) -> str:
 # --------------------------------------------------------------------------- deployments
 
 
-@serve.deployment(
-    name="Encoder",
-    max_ongoing_requests=8,
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 2,
-        "target_ongoing_requests": 1,
-        "upscale_delay_s": 2,
-        "downscale_delay_s": 60,
-    },
-    ray_actor_options={"num_cpus": 1},
-)
+@serve.deployment(name="Encoder")  # resources and autoscaling: build_app, from AppArgs
 class Encoder:
     """Decode an uploaded clip on the model's segment grid and encode it (Wav2Vec2 +
     MobileViT), several uploads per batch."""
@@ -238,7 +213,6 @@ class Encoder:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
             threads = max(1, int(cpus))
         torch.set_num_threads(threads)
-        self.threads = threads
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoders = build_encoders(FeatureSpec.from_dict(spec), device=device)
         self.opts = self.encoders.spec.decode_options(chunk_segments=chunk_segments)
@@ -270,6 +244,8 @@ class Encoder:
             os.unlink(path)
 
     def _encode_batch(self, payloads: list[bytes]) -> list[dict[str, Any]]:
+        from avarnet.data.decode import chunk_bounds
+
         t0 = time.perf_counter()
         decoded: list[Any] = []
         for data in payloads:
@@ -290,7 +266,7 @@ class Encoder:
                 out.append({"error": {"status": d.status, "message": d.message}})
                 continue
             parts = [next(feats) for _ in d]
-            bounds = np.concatenate([d[0].bounds_s] + [c.bounds_s[1:] for c in d[1:]])
+            bounds = chunk_bounds(d)
             out.append(
                 {
                     "audio": np.concatenate([a for a, _ in parts]),
@@ -314,7 +290,9 @@ class Classifier:
     """The fusion + MTCN model, through the same Predictor as batch inference."""
 
     def __init__(self, ref: dict[str, Any]):
-        self.predictor = _load_predictor(ModelRef(**ref))
+        from workflows.tracking import load_predictor
+
+        self.predictor = load_predictor(ref["load_from"], ref["tracking_uri"], ".")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,9 +6,27 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["APP_NAME", "deploy", "replica_counts", "shutdown", "wait_healthy"]
+__all__ = ["APP_NAME", "app_args", "deploy", "replica_counts", "shutdown", "wait_healthy"]
 
 APP_NAME = "avarnet"
+
+
+def app_args(cfg, tracking_uri: str | None = None) -> dict[str, Any]:
+    """``build_app`` arguments from the project's config (``serve.*``, the MLflow store)."""
+    from pathlib import Path
+
+    from workflows.tracking import resolve_tracking_uri
+
+    sc = cfg.serve
+    return {
+        "model": sc.model_uri,
+        "tracking_uri": tracking_uri or resolve_tracking_uri(cfg.tracking, cfg.output_dir),
+        "output_dir": str(Path(cfg.output_dir).resolve()),
+        "max_upload_mb": sc.max_upload_mb,
+        "encoder_cpus": sc.encoder_cpus,
+        "encoder_gpus": sc.encoder_gpus,
+        "encoder_max_replicas": sc.encoder_max_replicas,
+    }
 
 
 def deploy(

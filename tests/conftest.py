@@ -30,18 +30,19 @@ def ray_session():
     ray.shutdown()
 
 
-def _release_leaked_placement_groups(ray) -> list[str]:
+def _release_leaked_placement_groups() -> list[str]:
     """Remove placement groups still holding resources; returns their ids."""
-    from ray._raylet import PlacementGroupID
-    from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
+    from ray.util import placement_group_table
 
-    removed = []
-    for pg_id, info in placement_group_table().items():
-        if info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
-            remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
-            removed.append(pg_id)
-    return removed
+    from workflows.runtime import remove_placement_groups
+
+    held = [
+        pg_id
+        for pg_id, info in placement_group_table().items()
+        if info.get("state") in ("CREATED", "PENDING", "RESCHEDULING")
+    ]
+    remove_placement_groups(held)
+    return held
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,7 @@ def _ray_resources_released(request):
         if ray.available_resources().get("CPU", 0.0) >= total - 1e-6:
             return
         time.sleep(0.5)
-    removed = _release_leaked_placement_groups(ray)
+    removed = _release_leaked_placement_groups()
     warnings.warn(
         f"{request.node.nodeid} left {total - ray.available_resources().get('CPU', 0.0):.2f} "
         f"CPU reserved after 30 s; removed placement groups {removed}",

@@ -421,12 +421,9 @@ def _release_callback(worker_bundle: dict[str, float], grace_s: float = 3.0):
                 _time.sleep(0.25)
             if not found:
                 return
-            from ray._raylet import PlacementGroupID
-            from ray.util import remove_placement_group
-            from ray.util.placement_group import PlacementGroup
+            from workflows.runtime import remove_placement_groups
 
-            for pg_id in found:
-                remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+            remove_placement_groups(found)
             log.info(
                 "removed %d placement group(s) left by trial %s's training run",
                 len(found),

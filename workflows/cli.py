@@ -565,7 +565,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from serve.deploy import deploy, shutdown
+    from serve.deploy import app_args, deploy, shutdown
     from workflows.runtime import ray_session
 
     cfg = _load_cfg(
@@ -582,7 +582,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             ),
         ),
     )
-    app_args = serve_app_args(cfg, args.tracking_uri)
+    build_args = app_args(cfg, args.tracking_uri)
     stop = threading.Event()
     state = {"serving": False}
 
@@ -598,7 +598,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with ray_session():
         try:
-            url = deploy(app_args, host=cfg.serve.host, port=cfg.serve.port)
+            url = deploy(build_args, host=cfg.serve.host, port=cfg.serve.port)
             state["serving"] = True
             print(f"avarnet: serving {cfg.serve.model_uri} at {url}/ (API docs: {url}/docs)")
             print("avarnet: press Ctrl-C to stop", flush=True)
@@ -608,21 +608,6 @@ def _run_serve(args: argparse.Namespace) -> int:
             print("avarnet: shutting the service down", file=sys.stderr)
             shutdown()
     return 0
-
-
-def serve_app_args(cfg, tracking_uri: str | None = None) -> dict:
-    """``build_app`` arguments from a config (model, store, upload limit)."""
-    from pathlib import Path
-
-    return {
-        "model": cfg.serve.model_uri,
-        "tracking_uri": tracking_uri or _tracking_uri(cfg, Path(cfg.output_dir)),
-        "output_dir": str(Path(cfg.output_dir).resolve()),
-        "max_upload_mb": cfg.serve.max_upload_mb,
-        "encoder_cpus": cfg.serve.encoder_cpus,
-        "encoder_gpus": cfg.serve.encoder_gpus,
-        "encoder_max_replicas": cfg.serve.encoder_max_replicas,
-    }
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -674,32 +659,15 @@ def _run_score(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- pipeline
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    from workflows.pipeline import build_parser
+    from workflows import pipeline
 
-    template = build_parser()
     p = sub.add_parser(
         "pipeline",
         help="the whole workflow: data -> extract -> train -> tune -> serve",
-        description=template.description,
-        add_help=True,
+        description=pipeline.DESCRIPTION,
     )
-    for action in template._actions:
-        if action.dest != "help":
-            p._add_action(action)
-    p.set_defaults(func=_run_pipeline)
-
-
-def _run_pipeline(args: argparse.Namespace) -> int:
-    from workflows.pipeline import main as pipeline_main
-
-    argv = []
-    for flag in ("config", "stages"):
-        if getattr(args, flag):
-            argv += [f"--{flag}", getattr(args, flag)]
-    for flag in ("force", "keep_serving", "json"):
-        if getattr(args, flag):
-            argv.append(f"--{flag.replace('_', '-')}")
-    return pipeline_main(argv + list(args.overrides or []))
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.run_from_args)
 
 
 # ------------------------------------------------------------------------- main

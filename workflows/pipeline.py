@@ -203,11 +203,10 @@ class Pipeline:
     def stage_serve(self, parent_run_id: str | None, run) -> dict:
         from avarnet.data.manifest import read_manifest
         from serve.client import score_file
-        from serve.deploy import deploy
-        from workflows.cli import serve_app_args
+        from serve.deploy import app_args, deploy
 
         sc = self.cfg.serve
-        args = serve_app_args(self.cfg, run.tracking_uri)
+        args = app_args(self.cfg, run.tracking_uri)
         run.log_params({"model_uri": sc.model_uri, "port": sc.port})
         t0 = time.perf_counter()
         url = deploy(args, host=sc.host, port=sc.port)
@@ -324,17 +323,17 @@ class Pipeline:
         return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m workflows.pipeline",
-        description=(
-            "Run the avarnet workflow end to end (data -> extract -> train -> tune -> serve) "
-            "with one MLflow parent run and a child run per stage. Stages whose outputs exist "
-            "and match the config are skipped; an interrupted run resumes where it stopped. "
-            "The serve stage deploys the champion with Ray Serve and scores a test clip over "
-            "HTTP. Runs on the Ray cluster in RAY_ADDRESS (a Ray job) or a local Ray."
-        ),
-    )
+DESCRIPTION = (
+    "Run the avarnet workflow end to end (data -> extract -> train -> tune -> serve) "
+    "with one MLflow parent run and a child run per stage. Stages whose outputs exist "
+    "and match the config are skipped; an interrupted run resumes where it stopped. "
+    "The serve stage deploys the champion with Ray Serve and scores a test clip over "
+    "HTTP. Runs on the Ray cluster in RAY_ADDRESS (a Ray job) or a local Ray."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's options (``python -m workflows.pipeline`` and ``avarnet pipeline``)."""
     parser.add_argument("--config", help="YAML config (e.g. workflows/configs/demo.yaml)")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
@@ -345,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser
 
 
 def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
@@ -385,7 +383,13 @@ def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m workflows.pipeline", description=DESCRIPTION)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the pipeline for parsed options; returns the exit status."""
     from workflows.cli import EXIT_BAD_INPUT, _known_errors
 
     def then() -> None:
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
             threading.Event().wait()  # until Ctrl-C
 
+    pipe: Pipeline | None = None
     try:
         cfg = load_config(args.config, args.overrides)
         pipe = Pipeline(cfg, force=args.force, progress=not args.json)
@@ -403,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avarnet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        if args.keep_serving and pipe.state.get("serve_url"):
+        if pipe is not None and args.keep_serving and pipe.state.get("serve_url"):
             print("avarnet: service stopped", file=sys.stderr)
             return 0
-        done = [r.stage for r in pipe.results]
+        done = [r.stage for r in pipe.results] if pipe is not None else []
         print(
             f"avarnet: interrupted after {', '.join(done) or 'no stage'}; run the same command "
             "again to resume (finished stages are skipped)",

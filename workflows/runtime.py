@@ -77,5 +77,15 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
             ray.shutdown()
 
 
+def remove_placement_groups(pg_ids: list[str]) -> None:
+    """Remove placement groups by their hex ids (``ray.util.placement_group_table`` keys)."""
+    from ray._raylet import PlacementGroupID
+    from ray.util import remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    for pg_id in pg_ids:
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+
+
 def project_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

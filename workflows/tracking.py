@@ -257,24 +257,31 @@ def register_model(
     return f"models:/{name}/{version.version}"
 
 
-def download_model(uri: str, tracking_uri: str, dst: str | os.PathLike | None = None) -> Path:
+def _model_version(client: MlflowClient, uri: str):
+    """The registry entry of ``models:/name/3`` or ``models:/name@alias``."""
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, version = ref.rsplit("/", 1)
+    return client.get_model_version(name, version)
+
+
+def download_model(
+    uri: str, tracking_uri: str, dst: str | os.PathLike | None = None, only: str | None = None
+) -> Path:
     """Resolve ``models:/name/3``, ``models:/name@alias`` or ``runs:/id/model`` to a local
-    folder holding the model artifact."""
+    folder holding the model artifact (``only``: just that file of it, e.g. ``model.json``;
+    then the returned path is the file)."""
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
     if uri.startswith("models:/"):
-        ref = uri[len("models:/") :]
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            mv = client.get_model_version(name, version)
-        source = mv.source
+        source = _model_version(MlflowClient(tracking_uri), uri).source
     elif uri.startswith("runs:/"):
         source = uri
     else:
         raise ValueError(f"{uri}: not an MLflow model URI (models:/..., runs:/...)")
+    if only:
+        source = f"{source.rstrip('/')}/{only}"
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="avarnet-model-"))
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst))
     return Path(local)
@@ -282,14 +289,7 @@ def download_model(uri: str, tracking_uri: str, dst: str | os.PathLike | None = 
 
 def model_version_info(uri: str, tracking_uri: str) -> dict[str, Any]:
     """Name and version of a registry URI (for /v1/model and summaries)."""
-    client = MlflowClient(tracking_uri)
-    ref = uri[len("models:/") :]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = ref.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
+    mv = _model_version(MlflowClient(tracking_uri), uri)
     return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id}
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ClipInfo",
     "DecodeError",
     "DecodeOptions",
+    "chunk_bounds",
     "decode_clip",
     "iter_chunks",
     "probe",
@@ -346,6 +347,11 @@ def iter_chunks(
         del vr
 
 
+def chunk_bounds(chunks: list[ClipChunk]) -> np.ndarray:
+    """The segment boundaries ``(T + 1,)`` of consecutive chunks of one clip."""
+    return np.concatenate([chunks[0].bounds_s] + [c.bounds_s[1:] for c in chunks[1:]])
+
+
 def decode_clip(path: str | os.PathLike, opts: DecodeOptions | None = None) -> ClipChunk:
     """Decode a whole clip as one chunk (for short clips and tests; use :func:`iter_chunks`
     for long ones)."""
@@ -359,7 +365,7 @@ def decode_clip(path: str | os.PathLike, opts: DecodeOptions | None = None) -> C
         n_chunks=1,
         segment_start=0,
         n_segments_total=first.n_segments_total,
-        bounds_s=np.concatenate([chunks[0].bounds_s] + [c.bounds_s[1:] for c in chunks[1:]]),
+        bounds_s=chunk_bounds(chunks),
         frames=np.concatenate([c.frames for c in chunks]),
         audio=np.concatenate([c.audio for c in chunks]),
         has_audio=first.has_audio,

@@ -19,31 +19,13 @@ def free_port() -> int:
 def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
     """``models:/avarnet@champion`` in a fresh sqlite store: an avarnet_tiny model with
     seeded weights for the benchmark's ten classes and the tiny FeatureSpec."""
-    import torch
-
-    from avarnet.models import create_model
-    from avarnet.predictor import save_artifact
+    from avarnet.predictor import seeded_artifact
     from workflows import tracking
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     labels = sorted({r["label"] for r in bench_rows})
-    kwargs = {
-        "audio_dim": tiny_spec.audio_dim,
-        "visual_dim": tiny_spec.visual_dim,
-        "num_classes": len(labels),
-        "normal_index": labels.index("Normal"),
-    }
-    torch.manual_seed(0)
-    model = create_model("avarnet_tiny", **kwargs)
-    artifact = save_artifact(
-        root / "artifact",
-        model_name="avarnet_tiny",
-        model_kwargs=model.config["kwargs"],
-        state_dict=model.state_dict(),
-        labels=labels,
-        feature_spec=tiny_spec,
-    )
+    artifact = seeded_artifact(root / "artifact", "avarnet_tiny", tiny_spec, labels)
     run = tracking.open_run(uri, "avarnet", "serve-test")
     model_uri = tracking.register_model(run, artifact, "avarnet", alias="champion")
     run.end()

@@ -83,8 +83,8 @@ def _pipeline(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_interrupted_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     """Ctrl-C once extraction has finished; the re-run skips data and extract."""
-    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, as a user's first run
-    env.pop("RAY_ADDRESS")
+    # Its own local Ray, as a user's first run.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
         _pipeline(tmp_path),
         cwd=ROOT,
