@@ -28,7 +28,14 @@ from typing import Any
 
 from avarnet.config import Config, ConfigError, apply_overrides, config_to_dict
 
-__all__ = ["SEARCH_SPACE", "SearchInterrupted", "check_space", "run_search", "to_tune_space"]
+__all__ = [
+    "SEARCH_SPACE",
+    "SearchInterrupted",
+    "check_search_settings",
+    "check_space",
+    "run_search",
+    "to_tune_space",
+]
 
 # The default search space: config key -> {kind: arguments}.
 SEARCH_SPACE: dict[str, dict[str, list]] = {
@@ -47,6 +54,25 @@ _STATE_FILE = "avarnet_search.json"
 
 class SearchInterrupted(RuntimeError):
     """The search stopped before all its trials ran; running it again resumes it."""
+
+
+def check_search_settings(cfg: Config) -> dict[str, tuple[str, list]]:
+    """Refuse, in one line naming the keys, search settings that cannot work together
+    (before Ray starts); returns the checked search space."""
+    t = cfg.tune
+    if t.trials < 1 or t.max_concurrent < 1:
+        raise ConfigError(
+            f"tune.trials ({t.trials}) and tune.max_concurrent ({t.max_concurrent}) must be >= 1"
+        )
+    if t.grace_period < 1 or t.grace_period > cfg.train.epochs:
+        raise ConfigError(
+            f"tune.grace_period ({t.grace_period}) must be between 1 and train.epochs "
+            f"({cfg.train.epochs}): ASHA lets every trial run grace_period epochs of at most "
+            "train.epochs; lower tune.grace_period or raise train.epochs"
+        )
+    if t.reduction_factor < 2:
+        raise ConfigError(f"tune.reduction_factor ({t.reduction_factor}) must be >= 2")
+    return check_space(t.space or SEARCH_SPACE, cfg)
 
 
 def check_space(space: dict[str, Any], cfg: Config) -> dict[str, tuple[str, list]]:
@@ -185,7 +211,7 @@ def run_search(
     from workflows.train import artifact_from_checkpoint, check_training_data
 
     t = cfg.tune
-    space = check_space(t.space or SEARCH_SPACE, cfg)
+    space = check_search_settings(cfg)
     features_dir = Path(features_dir).resolve()
     facts = facts or check_training_data(features_dir)
     if "val" not in facts.split_counts:
@@ -265,7 +291,11 @@ def run_search(
                         verbose=0,  # Tune's tables would print every trial's whole config
                         callbacks=[
                             *(callbacks or []),
-                            *([_progress_callback()] if progress else []),
+                            *(
+                                [_progress_callback(num_samples, cfg.train.epochs)]
+                                if progress
+                                else []
+                            ),
                             _release_callback(worker_bundle),
                         ],
                     ),
@@ -355,26 +385,53 @@ def run_search(
     }
 
 
-def _progress_callback():
-    """One line on stderr per finished trial (Tune's own tables are too wide to read)."""
-    import sys
-
+def _progress_callback(total: int, max_epochs: int):
+    """A progress bar on the user's stderr: trials finished of ``total``, with how many
+    run, were stopped early by ASHA or failed, and the best validation macro-F1 so far
+    (Tune's own tables are too wide to read, and go to the log)."""
     from ray.tune import Callback
 
+    from workflows import console
+
     class Progress(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            f1 = r.get("best_val_macro_f1")
-            print(
-                f"[tune] trial {trial.trial_id}: {r.get('training_iteration', 0)} epochs, best "
-                f"val macro-F1 {'-' if f1 is None else f'{f1:.3f}'} ({done} done)",
-                file=sys.stderr,
-                flush=True,
+        def __init__(self):
+            self.bar = None
+            self.best = None
+
+        def _update(self, trials) -> None:
+            if self.bar is None:
+                self.bar = console.progress_bar(total, "tune", "trial")
+            done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+            stopped = sum(
+                t.status == "TERMINATED"
+                and (t.last_result or {}).get("training_iteration", 0) < max_epochs
+                for t in done
+            )
+            for t in done:
+                f1 = (t.last_result or {}).get("best_val_macro_f1")
+                if f1 is not None and (self.best is None or f1 > self.best):
+                    self.best = f1
+            self.bar.n = len(done)
+            self.bar.set_postfix(
+                running=sum(t.status == "RUNNING" for t in trials),
+                stopped_early=stopped,
+                failed=sum(t.status == "ERROR" for t in trials),
+                best_f1="-" if self.best is None else f"{self.best:.3f}",
+                refresh=True,
             )
 
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._update(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._update(trials)
+
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[tune] trial {trial.trial_id} failed", file=sys.stderr, flush=True)
+            self._update(trials)
+
+        def on_experiment_end(self, trials, **info):
+            if self.bar is not None:
+                self.bar.close()
 
     return Progress()
 

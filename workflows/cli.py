@@ -14,22 +14,32 @@ import json
 import sys
 from collections.abc import Callable
 
-EXIT_BAD_INPUT = 2
+from workflows import console
+from workflows.errors import (
+    EXIT_BAD_INPUT,
+    CliError,
+    handle_sigterm,
+    interrupt_name,
+    interrupt_status,
+    known_errors,
+)
 
-
-class CliError(Exception):
-    """An error to report as one line and exit status 2."""
+__all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main"]
 
 
 def _emit(args: argparse.Namespace, result: dict, human: Callable[[dict], str]) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(result, default=str))
+        print(json.dumps(result, default=str), file=console.out(), flush=True)
     else:
-        print(human(result))
+        print(human(result), file=console.out(), flush=True)
 
 
 def _err(msg: str) -> None:
-    print(f"avarnet: error: {msg}", file=sys.stderr)
+    console.say(f"avarnet: error: {msg}")
+
+
+def _warn(msg: str) -> None:
+    console.say(f"avarnet: warning: {msg}")
 
 
 # --------------------------------------------------------------------------- synth
@@ -107,14 +117,12 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _progress(desc: str):
-    """A tqdm progress callback ``cb(done, total)`` on stderr."""
-    from tqdm import tqdm
-
+    """A progress callback ``cb(done, total)`` drawing a bar on stderr."""
     bar: dict = {}
 
     def cb(done: int, total: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=desc, unit="clip", file=sys.stderr, leave=False)
+            bar["bar"] = console.progress_bar(total, desc, "clip")
         bar["bar"].n = done
         bar["bar"].refresh()
         if done >= total:
@@ -244,6 +252,19 @@ def _flag_overrides(args: argparse.Namespace, pairs: tuple[tuple[str, str], ...]
     ]
 
 
+def _beside(path: str):
+    """Logs of a verb that writes ``path``: ``<parent of path>/logs``."""
+    from pathlib import Path
+
+    return Path(path).resolve().parent / "logs"
+
+
+def _config_log_dir(args: argparse.Namespace):
+    from pathlib import Path
+
+    return Path(_load_cfg(args, []).output_dir).resolve() / "logs"
+
+
 def _tracking_uri(cfg, root) -> str:
     from workflows.tracking import resolve_tracking_uri
 
@@ -273,18 +294,24 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per encoder actor")
     p.add_argument("--format", default="auto", choices=["auto", "folders", "csv", "xd-violence"])
     p.add_argument("--annotations", help="XD-Violence test annotation file")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="retry clips that failed before even when their file has not changed",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_config_args(p)
-    p.set_defaults(func=_run_extract)
+    p.set_defaults(func=_run_extract, log_dir=lambda a: _beside(a.out))
 
 
 def _run_extract(args: argparse.Namespace) -> int:
+    import contextlib
     from pathlib import Path
 
     from avarnet.data.manifest import read_manifest
     from workflows import tracking
-    from workflows.extract import extract_with_config, spec_from_config
-    from workflows.runtime import ray_session
+    from workflows.extract import extract_with_config, plan_extract, spec_from_config
+    from workflows.runtime import check_durable_path, ray_session
 
     extra = _flag_overrides(
         args,
@@ -295,20 +322,39 @@ def _run_extract(args: argparse.Namespace) -> int:
         ),
     )
     cfg = _load_cfg(args, extra)
+    check_durable_path(args.out, "--out")
     out = Path(args.out).resolve()
     manifest = read_manifest(args.data, format=args.format, annotations=args.annotations)
     for prob in manifest.problems:
-        print(f"avarnet: warning: {prob['file']}: {prob['reason']}", file=sys.stderr)
+        _warn(f"{prob['file']}: {prob['reason']}")
     spec = spec_from_config(cfg)  # a bad preset or backbone fails here, before Ray starts
+    plan = plan_extract(manifest.rows, out, spec, retry_failed=args.retry_failed)
+    if not plan.todo:  # nothing to do: no Ray, no actors
+        console.say(
+            f"avarnet: nothing to extract: {plan.done} clips already in {out}"
+            + (
+                f", {len(plan.failed_before)} failed before and unchanged (--retry-failed "
+                "retries them)"
+                if plan.failed_before
+                else ""
+            )
+        )
     uri = _tracking_uri(cfg, out.parent)
-    with ray_session(), tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
+    session = ray_session() if plan.todo else contextlib.nullcontext()
+    with session, tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
         run.log_config(cfg)
         summary = extract_with_config(
-            cfg, manifest.rows, out, progress=not args.json, logger=run, spec=spec
+            cfg,
+            manifest.rows,
+            out,
+            progress=not args.json,
+            logger=run,
+            spec=spec,
+            retry_failed=args.retry_failed,
         )
         result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": uri}
-    for e in summary.errors:
-        print(f"avarnet: failed: {e['message']}", file=sys.stderr)
+    for e in summary.errors[summary.clips_failed_before :]:
+        console.say(f"avarnet: failed: {e['message']}")
     _emit(
         args,
         result,
@@ -316,6 +362,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             f"extracted {r['clips_ok']} clips ({r['clips_skipped']} already done, "
             f"{r['clips_failed']} failed) in {r['wall_seconds']} s "
             f"= {r['clip_seconds_per_s']} clip-seconds/s\n  features: {r['out_dir']}\n"
+            f"  errors:   {Path(r['out_dir']) / 'errors.parquet'}\n"
             f"  MLflow run {r['run_id']} in {r['tracking_uri']}"
         ),
     )
@@ -343,16 +390,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_config_args(p)
-    p.set_defaults(func=_run_train)
+    p.set_defaults(func=_run_train, log_dir=lambda a: _beside(a.features))
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from avarnet.evaluation import format_report
-    from workflows.runtime import ray_session
+    from workflows.runtime import check_durable_path, ray_session
     from workflows.train import check_training_data, run_training
 
+    check_durable_path(args.features, "--features")
     features = Path(args.features).resolve()
     extra = [f"output_dir={features.parent}"] + _flag_overrides(
         args,
@@ -368,7 +416,7 @@ def _run_train(args: argparse.Namespace) -> int:
     uri = _tracking_uri(cfg, Path(cfg.output_dir))
     facts = check_training_data(features)  # bad data fails here, before Ray starts
     with ray_session():
-        res = run_training(cfg, features, tracking_uri=uri, facts=facts)
+        res = run_training(cfg, features, tracking_uri=uri, facts=facts, progress=not args.json)
     result = {k: v for k, v in res.items() if k != "report"}
     _emit(
         args,
@@ -405,16 +453,17 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="search", help="search name; the same name resumes it")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_config_args(p)
-    p.set_defaults(func=_run_tune)
+    p.set_defaults(func=_run_tune, log_dir=lambda a: _beside(a.features))
 
 
 def _run_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tune.search import SearchInterrupted, run_search
-    from workflows.runtime import ray_session
+    from tune.search import SearchInterrupted, check_search_settings, run_search
+    from workflows.runtime import check_durable_path, ray_session
     from workflows.train import check_training_data
 
+    check_durable_path(args.features, "--features")
     features = Path(args.features).resolve()
     extra = [f"output_dir={features.parent}"] + _flag_overrides(
         args,
@@ -426,8 +475,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         ),
     )
     cfg = _load_cfg(args, extra)
-    if cfg.tune.trials < 1 or cfg.tune.max_concurrent < 1:
-        raise CliError("--trials and --max-concurrent must be >= 1")
+    check_search_settings(cfg)  # settings that cannot work fail here, before Ray starts
     uri = _tracking_uri(cfg, Path(cfg.output_dir))
     check_training_data(features)  # bad data fails here, before Ray starts
     try:
@@ -495,7 +543,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for report.json and confusion_matrix.png")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.set_defaults(func=_run_evaluate)
+    p.set_defaults(func=_run_evaluate, log_dir=lambda a: _beside(a.features))
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -558,7 +606,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-max-replicas", type=int, help="autoscaling ceiling (default 2)")
     p.add_argument("--gpus-per-encoder", type=float, help="GPUs per encoder replica (default 0)")
     _add_config_args(p)
-    p.set_defaults(func=_run_serve)
+    p.set_defaults(func=_run_serve, log_dir=_config_log_dir)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -594,18 +642,22 @@ def _run_serve(args: argparse.Namespace) -> int:
         else:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     with ray_session():
+        # After ray.init, which installs a SIGTERM handler of its own.
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         try:
             url = deploy(build_args, host=cfg.serve.host, port=cfg.serve.port)
             state["serving"] = True
-            print(f"avarnet: serving {cfg.serve.model_uri} at {url}/ (API docs: {url}/docs)")
-            print("avarnet: press Ctrl-C to stop", flush=True)
+            say = console.out()
+            print(
+                f"avarnet: serving {cfg.serve.model_uri} at {url}/ (API docs: {url}/docs)", file=say
+            )
+            print("avarnet: press Ctrl-C to stop", file=say, flush=True)
             while not stop.wait(1.0):
                 pass
         finally:
-            print("avarnet: shutting the service down", file=sys.stderr)
+            console.say("avarnet: shutting the service down")
             shutdown()
     return 0
 
@@ -697,46 +749,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in VERBS:
         add(sub)
+    for verb in sub.choices.values():
+        console.add_verbose_flag(verb)
     return parser
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from avarnet.config import ConfigError
-    from avarnet.data.decode import DecodeError
-
-    errors: list[type[BaseException]] = [CliError, ConfigError, DecodeError, FileNotFoundError]
-    try:
-        from workflows.train import TrainingDataError
-
-        errors.append(TrainingDataError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from avarnet.data.manifest import ManifestError
-
-        errors.append(ManifestError)
-    except ImportError:  # pragma: no cover - during bootstrap only
-        pass
-    try:
-        from avarnet.features.spec import FeatureSpecMismatch
-
-        errors.append(FeatureSpecMismatch)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handle_sigterm()
+    verbose = getattr(args, "verbose", False)
+    log_dir = getattr(args, "log_dir", None)
     try:
-        return int(args.func(args) or 0)
-    except _known_errors() as err:
+        if log_dir is None:
+            return int(args.func(args) or 0)
+        with console.capture(log_dir(args), args.verb, verbose=verbose):
+            return int(args.func(args) or 0)
+    except known_errors() as err:
         _err(str(err))
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt as err:
+        _err(interrupt_name(err) + console.log_hint())
+        return interrupt_status(err)
+    except Exception as err:
+        if verbose:
+            raise
+        return console.report_failure(err)
 
 
 if __name__ == "__main__":

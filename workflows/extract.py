@@ -60,6 +60,7 @@ def extract_with_config(
     progress: bool,
     logger: Any,
     spec: FeatureSpec | None = None,
+    retry_failed: bool = False,
 ) -> ExtractSummary:
     """:func:`run_extract` with the spec (``spec_from_config`` unless given) and the
     parallelism of ``cfg.features`` (the CLI and the pipeline both extract through here)."""
@@ -79,6 +80,7 @@ def extract_with_config(
         batch_size=f.batch_size,
         progress=progress,
         logger=logger,
+        retry_failed=retry_failed,
     )
 
 
@@ -93,6 +95,7 @@ class ExtractSummary:
     wall_seconds: float
     errors: list[dict] = field(default_factory=list)
     startup_seconds: float = 0.0  # until the first clip was done (actor start-up included)
+    clips_failed_before: int = 0  # of clips_failed: failed in an earlier run, file unchanged
 
     @property
     def clip_seconds_per_s(self) -> float:
@@ -105,6 +108,7 @@ class ExtractSummary:
             "clips_ok": self.clips_ok,
             "clips_skipped": self.clips_skipped,
             "clips_failed": self.clips_failed,
+            "clips_failed_before": self.clips_failed_before,
             "clip_seconds": round(self.clip_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "clip_seconds_per_s": round(self.clip_seconds_per_s, 3),
@@ -265,6 +269,7 @@ class _Assembler:
                     "path": item["path"],
                     "stage": item["stage"],
                     "message": item["error"],
+                    "fingerprint": ft.file_fingerprint(item["path"]),
                 }
             )
             return True
@@ -311,8 +316,40 @@ def _segment_gt(row: dict, n_segments: int, fps: float, opts: DecodeOptions) -> 
     return np.asarray(segment_ground_truth(intervals, frame_bounds), np.int8)
 
 
-def _prepare_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
-    """Refuse to mix features of different specs; nothing is overwritten."""
+@dataclass
+class ExtractPlan:
+    """What a run has to do: ``todo`` rows; ``done`` clips already in the table;
+    ``failed_before``: error rows of clips that failed earlier and did not change since."""
+
+    todo: list[dict]
+    done: int
+    failed_before: list[dict]
+
+
+def plan_extract(
+    rows: list[dict], out_dir: str | os.PathLike, spec: FeatureSpec, *, retry_failed: bool = False
+) -> ExtractPlan:
+    """Work out what is left to extract, without Ray (a run with nothing to do starts no
+    actors). Raises FeatureSpecMismatch when ``out_dir`` holds another spec's features."""
+    out = Path(out_dir)
+    _check_out_dir(out, spec)
+    done = ft.done_video_ids(out)
+    before = {} if retry_failed else {e["video_id"]: e for e in ft.read_errors(out)}
+    todo, failed = [], []
+    for r in rows:
+        if r["video_id"] in done:
+            continue
+        e = before.get(r["video_id"])
+        unchanged = e is not None and e["path"] == r["path"]
+        if unchanged and e["fingerprint"] == ft.file_fingerprint(r["path"]):
+            failed.append(e)
+            continue
+        todo.append(r)
+    return ExtractPlan(todo, len(rows) - len(todo) - len(failed), failed)
+
+
+def _check_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
+    """Refuse to mix features of different specs."""
     if (out_dir / ft.SPEC_FILE).exists() or ft.part_files(out_dir):
         existing = ft.read_spec(out_dir)
         try:
@@ -323,8 +360,6 @@ def _prepare_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
                 f"{out_dir} holds features of another FeatureSpec (use another --out or delete "
                 "it); specs differ",
             ) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ft.save_spec(spec, out_dir)
 
 
 def run_extract(
@@ -344,20 +379,27 @@ def run_extract(
     threads_per_worker: int | None = None,
     progress: bool = True,
     logger: Any = None,
+    retry_failed: bool = False,
 ) -> ExtractSummary:
     """Extract features of ``rows`` (manifest rows) into the table at ``out_dir``.
+
+    Clips already in the table are skipped; so are clips that failed in an earlier run
+    and whose file has not changed since (kept in the error table), unless
+    ``retry_failed``.
 
     Ray must be initialised by the caller (``ray.init`` or a job's cluster). ``logger`` is an
     optional :class:`workflows.tracking.RunLogger` that receives params, metrics, artifacts.
     """
     import ray
-    from tqdm import tqdm
+
+    from workflows import console
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
-    _prepare_out_dir(out, spec)
-    done = ft.done_video_ids(out)
-    todo = [r for r in rows if r["video_id"] not in done]
+    plan = plan_extract(rows, out, spec, retry_failed=retry_failed)
+    out.mkdir(parents=True, exist_ok=True)
+    ft.save_spec(spec, out)
+    todo = plan.todo
     rows_by_id = {r["video_id"]: r for r in todo}
     if logger is not None:
         logger.log_params({"feature_spec": spec.to_dict(), "workers": workers, "clips": len(rows)})
@@ -379,7 +421,7 @@ def run_extract(
             num_gpus=gpus_per_worker,
             num_cpus=encoder_cpus,
         )
-        bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
+        bar = console.progress_bar(len(todo), "extract", "clip", disable=not progress)
         try:
             for item in ds.iter_rows():
                 if asm.add(item):
@@ -388,17 +430,19 @@ def run_extract(
         finally:
             asm.flush()  # keep what finished, even when interrupted
             bar.close()
-    ft.write_errors(asm.errors, out)
+    errors = plan.failed_before + asm.errors
+    ft.write_errors(errors, out)
     summary = ExtractSummary(
         out_dir=str(out),
         clips_total=len(rows),
         clips_ok=asm.ok,
-        clips_skipped=len(rows) - len(todo),
-        clips_failed=len(asm.errors),
+        clips_skipped=plan.done,
+        clips_failed=len(errors),
         clip_seconds=asm.clip_seconds,
         wall_seconds=time.perf_counter() - t0,
-        errors=asm.errors,
+        errors=errors,
         startup_seconds=startup_s,
+        clips_failed_before=len(plan.failed_before),
     )
     if logger is not None:
         logger.log_metrics(

@@ -35,6 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from avarnet.config import Config, config_to_dict, load_config, save_config
+from workflows import console
+from workflows.errors import (
+    EXIT_BAD_INPUT,
+    handle_sigterm,
+    interrupt_name,
+    interrupt_status,
+    known_errors,
+)
 
 STAGES = ("data", "extract", "train", "tune", "serve")
 
@@ -172,7 +180,11 @@ class Pipeline:
         from workflows.train import run_training
 
         res = run_training(
-            self.cfg, self.features_dir, tracking_uri=run.tracking_uri, parent_run_id=parent_run_id
+            self.cfg,
+            self.features_dir,
+            tracking_uri=run.tracking_uri,
+            parent_run_id=parent_run_id,
+            progress=self.progress,
         )
         self.state["train_report"] = res.pop("report")
         res["metric"] = f"test acc {res['accuracy']:.3f}, macro-F1 {res['macro_f1']:.3f}"
@@ -310,7 +322,7 @@ class Pipeline:
 
     def _say(self, msg: str) -> None:
         if self.progress:
-            print(msg, file=sys.stderr, flush=True)
+            console.say(msg)
 
     def summary_table(self) -> str:
         rows = [("stage", "status", "seconds", "result", "outputs")]
@@ -347,6 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
+    out = console.out()
+    log = console.log_path()
     if as_json:
         print(
             json.dumps(
@@ -355,42 +369,49 @@ def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
                     "tracking_uri": pipe.tracking_uri,
                     "parent_run_id": pipe.parent_run_id,
                     "serve_url": pipe.state.get("serve_url"),
+                    "log": str(log) if log else None,
                 },
                 default=str,
             ),
+            file=out,
             flush=True,
         )
         return
-    print(pipe.summary_table())
+    print(pipe.summary_table(), file=out)
     if "train_report" in pipe.state:
         from avarnet.evaluation import format_report
 
-        print("\ntest split:\n" + format_report(pipe.state["train_report"]))
+        print("\ntest split:\n" + format_report(pipe.state["train_report"]), file=out)
     print(
         f"\nMLflow: mlflow ui --backend-store-uri {pipe.tracking_uri}   "
-        f"(parent run {pipe.parent_run_id})"
+        f"(parent run {pipe.parent_run_id})",
+        file=out,
     )
-    print(f"outputs: {pipe.root}")
+    print(f"outputs: {pipe.root}", file=out)
+    if log is not None:
+        print(f"log:     {log}", file=out)
     url = pipe.state.get("serve_url")
     if url:
         if keep_serving:
-            print(f"serving: {url}/  (web page; API docs at {url}/docs). Ctrl-C stops it.")
+            print(
+                f"serving: {url}/  (web page; API docs at {url}/docs). Ctrl-C stops it.", file=out
+            )
         elif os.environ.get("RAY_ADDRESS"):
-            print(f"serving on the cluster: {url}/  (remove with `serve shutdown`)")
+            print(f"serving on the cluster: {url}/  (remove with `serve shutdown`)", file=out)
         else:
-            print(f"served at {url}/ during the run; --keep-serving keeps it up")
-    sys.stdout.flush()
+            print(f"served at {url}/ during the run; --keep-serving keeps it up", file=out)
+    out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.pipeline", description=DESCRIPTION)
     add_arguments(parser)
+    console.add_verbose_flag(parser)
     return run_from_args(parser.parse_args(argv))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the pipeline for parsed options; returns the exit status."""
-    from workflows.cli import EXIT_BAD_INPUT, _known_errors
 
     def then() -> None:
         _report(pipe, args.json, args.keep_serving)
@@ -399,26 +420,42 @@ def run_from_args(args: argparse.Namespace) -> int:
 
             threading.Event().wait()  # until Ctrl-C
 
+    handle_sigterm()
     pipe: Pipeline | None = None
     try:
         cfg = load_config(args.config, args.overrides)
+        check_settings(cfg, args.stages.split(",") if args.stages else None)
         pipe = Pipeline(cfg, force=args.force, progress=not args.json)
-        pipe.run(args.stages.split(",") if args.stages else None, then=then)
-    except _known_errors() + (ValueError,) as err:
-        print(f"avarnet: error: {err}", file=sys.stderr)
+        with console.capture(pipe.root / "logs", "pipeline", verbose=args.verbose):
+            pipe.run(args.stages.split(",") if args.stages else None, then=then)
+    except known_errors() + (ValueError,) as err:
+        console.say(f"avarnet: error: {err}")
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if pipe is not None and args.keep_serving and pipe.state.get("serve_url"):
-            print("avarnet: service stopped", file=sys.stderr)
+            console.say("avarnet: service stopped")
             return 0
         done = [r.stage for r in pipe.results] if pipe is not None else []
-        print(
-            f"avarnet: interrupted after {', '.join(done) or 'no stage'}; run the same command "
-            "again to resume (finished stages are skipped)",
-            file=sys.stderr,
+        console.say(
+            f"avarnet: {interrupt_name(err)} after {', '.join(done) or 'no stage'}; run the "
+            f"same command again to resume (finished stages are skipped){console.log_hint()}"
         )
-        return 130
+        return interrupt_status(err)
+    except Exception as err:
+        if args.verbose:
+            raise
+        return console.report_failure(err)
     return 0
+
+
+def check_settings(cfg: Config, stages: list[str] | None = None) -> None:
+    """Refuse, before anything runs, settings that cannot work together."""
+    from tune.search import check_search_settings
+    from workflows.runtime import check_durable_path
+
+    check_durable_path(cfg.output_dir, "output_dir")
+    if "tune" in (stages or STAGES):
+        check_search_settings(cfg)
 
 
 if __name__ == "__main__":

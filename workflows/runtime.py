@@ -22,23 +22,57 @@ WORKER_ENV = {
 _FROM_ENV = object()
 
 
+def worker_env() -> dict[str, str]:
+    """The part of :data:`WORKER_ENV` the driver's own environment does not already set.
+
+    Inside ``ray job submit`` the job's ``runtime_env`` env vars are in the driver's
+    environment too; Ray refuses a ``ray.init(runtime_env=...)`` that sets one of them again,
+    and the user's value wins anyway."""
+    return {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+
+
 def init_kwargs(num_cpus: int | None = None, address: str | None | object = _FROM_ENV) -> dict:
     """``ray.init`` arguments: the cluster at ``address`` (default ``RAY_ADDRESS``, set
-    inside a Ray job), or a new local Ray when there is none."""
+    inside a Ray job), or a new local Ray when there is none.
+
+    Either way every worker of this job gets :data:`WORKER_ENV`: on a cluster somebody else
+    started (a Ray job) the job's runtime env is merged with ours by ``ray.init``, so the
+    user needs no ``--runtime-env-json`` for it."""
     import ray
 
     if address is _FROM_ENV:
         address = os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"logging_config": ray.LoggingConfig(log_level="WARNING")}
+    env_vars = worker_env()
     if address:
         # Inside `ray job submit` the job's runtime_env (working_dir) already applies.
         kwargs["address"] = address
+        if env_vars:
+            kwargs["runtime_env"] = {"env_vars": env_vars}
         return kwargs
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     # Workers import the project from the driver's working directory.
-    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root(), **WORKER_ENV}}
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": project_root(), **env_vars}}
     return kwargs
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a job submitted with ``ray job submit``."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_durable_path(path: str | os.PathLike, what: str) -> None:
+    """Refuse a relative output path inside a Ray job: it would point into the job's
+    temporary copy of the working directory, deleted with the job's session."""
+    from avarnet.config import ConfigError
+
+    if in_ray_job() and not os.path.isabs(os.fspath(path)):
+        raise ConfigError(
+            f"{what}={os.fspath(path)!r} is relative: inside a Ray job it would land in the "
+            "job's temporary copy of the working directory and be deleted with it; pass an "
+            f"absolute path on storage every node can reach (e.g. {what}=/mnt/shared/avarnet)"
+        )
 
 
 def quiet_driver() -> None:
@@ -64,10 +98,13 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
     start a local one for the duration of the block and shut it down afterwards."""
     import ray
 
+    from workflows.errors import handle_sigterm
+
     started = False
     if not ray.is_initialized():
         ray.init(**init_kwargs(num_cpus))
         started = True
+        handle_sigterm()  # ray.init replaced it with a plain sys.exit
     if quiet:
         quiet_driver()
     try:

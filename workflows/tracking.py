@@ -87,6 +87,15 @@ class RunLogger:
         self.client = client
         self.run_id = run_id
         self.tracking_uri = tracking_uri
+        self._unwatch = None
+
+    def watch_sigterm(self) -> RunLogger:
+        """End this run ``KILLED`` as soon as the process gets SIGTERM (``ray job stop``
+        kills the driver 3 s later, too soon to rely on the stack unwinding)."""
+        from workflows.errors import on_terminate
+
+        self._unwatch = on_terminate(lambda: self.client.set_terminated(self.run_id, "KILLED"))
+        return self
 
     @property
     def experiment_id(self) -> str:
@@ -130,6 +139,9 @@ class RunLogger:
             self.client.set_tag(self.run_id, k, str(v))
 
     def end(self, status: str = "FINISHED") -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         self.client.set_terminated(self.run_id, status)
 
     def ui_hint(self) -> str:
@@ -155,7 +167,7 @@ def open_run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    return RunLogger(client, run.info.run_id, tracking_uri)
+    return RunLogger(client, run.info.run_id, tracking_uri).watch_sigterm()
 
 
 @contextmanager
@@ -185,7 +197,7 @@ def reopen_run(tracking_uri: str, run_id: str) -> RunLogger:
     """A handle on an existing run, set RUNNING again (a resumed search's parent run)."""
     client = MlflowClient(tracking_uri)
     client.update_run(run_id, status="RUNNING")
-    return RunLogger(client, run_id, tracking_uri)
+    return RunLogger(client, run_id, tracking_uri).watch_sigterm()
 
 
 def _trial_runs(client: MlflowClient, parent_run_id: str, trial_id: str) -> list:
@@ -233,6 +245,41 @@ def end_trial_run(
         if best_val_macro_f1 is not None:
             client.log_metric(run.info.run_id, "best_val_macro_f1", float(best_val_macro_f1))
         client.set_terminated(run.info.run_id, status)
+
+
+@contextmanager
+def epoch_progress(run: RunLogger, total: int, *, enabled: bool = True) -> Iterator[None]:
+    """A progress bar of a training run's epochs, read from the epochs its rank-0 worker
+    logs to this run (the driver sees no per-epoch result of Ray Train otherwise)."""
+    import threading
+
+    from workflows import console
+
+    if not enabled:
+        yield
+        return
+    bar = console.progress_bar(total, "train", "epoch")
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            try:
+                history = run.client.get_metric_history(run.run_id, "train_loss")
+            except Exception:  # a busy store: try again next second
+                continue
+            done = len({m.step for m in history})
+            if done != bar.n:
+                bar.n = done
+                bar.refresh()
+
+    thread = threading.Thread(target=poll, name="avarnet-epoch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
 
 
 def log_epoch(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:

@@ -7,9 +7,11 @@ computes the same validation metrics and rank 0 reports them). Batches are padde
 masks (:func:`avarnet.batching.pad_batch`).
 
 Checkpoints: every epoch rank 0 writes the current weights, the optimiser state and the
-best weights so far (by validation macro-F1). A worker failure restarts the loop from the
-latest checkpoint (``FailureConfig(max_failures)``); the final checkpoint carries the best
-model.
+best weights so far (by validation macro-F1) to ``<storage>/<run>/epochs`` (atomically),
+then reports it to Ray Train. A worker failure restarts the loop
+(``FailureConfig(max_failures)``) from the newest checkpoint written there, which may be
+newer than the last one Ray's controller had registered when the worker died; the final
+checkpoint carries the best model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -284,14 +285,13 @@ def train_loop_per_worker(config: dict) -> None:
     )
     start_epoch, best = 0, {"val_macro_f1": -1.0, "epoch": -1}
     best_state = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            _unwrap(model).load_state_dict(torch.load(Path(d) / "model.pt", map_location=device))
-            optim.load_state_dict(torch.load(Path(d) / "optim.pt", map_location=device))
-            state = json.loads((Path(d) / "state.json").read_text())
-            best_state = torch.load(Path(d) / "best_model.pt", map_location="cpu")
-        start_epoch, best = state["epoch"] + 1, state["best"]
+    with _resume_checkpoint(config["checkpoint_root"], ray.train.get_checkpoint()) as d:
+        if d is not None:
+            _unwrap(model).load_state_dict(torch.load(d / "model.pt", map_location=device))
+            optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
+            state = json.loads((d / "state.json").read_text())
+            best_state = torch.load(d / "best_model.pt", map_location="cpu")
+            start_epoch, best = state["epoch"] + 1, state["best"]
     cache_bytes = int(config.get("cache_mb", 0) * 2**20)
     train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
     val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
@@ -342,36 +342,71 @@ def train_loop_per_worker(config: dict) -> None:
             from workflows.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
-        with _checkpoint_dir(config, epoch) as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save(_unwrap(model).state_dict(), Path(tmp) / "model.pt")
-                torch.save(optim.state_dict(), Path(tmp) / "optim.pt")
-                torch.save(best_state, Path(tmp) / "best_model.pt")
-                state = {"epoch": epoch, "best": best, **{k: config[k] for k in _ARTIFACT_KEYS}}
-                (Path(tmp) / "state.json").write_text(json.dumps(state))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = None
+        if rank == 0:
+            state = {"epoch": epoch, "best": best, **{k: config[k] for k in _ARTIFACT_KEYS}}
+            files = {
+                "model.pt": _unwrap(model).state_dict(),
+                "optim.pt": optim.state_dict(),
+                "best_model.pt": best_state,
+            }
+            path = _write_checkpoint(config["checkpoint_root"], epoch, files, state)
+            checkpoint = ray.train.Checkpoint.from_directory(str(path))
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            _prune_checkpoints(config["checkpoint_root"], keep=2)
+
+
+def _write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict) -> Path:
+    """Write an epoch's checkpoint to ``root/checkpoint_<epoch>`` atomically (a temporary
+    folder renamed when complete) and return its path.
+
+    This, not Ray Train's record, is what a restarted worker resumes from: Ray registers a
+    reported checkpoint only when its controller polls the worker, so a worker killed soon
+    after ``ray.train.report`` (a lost node, an OOM kill) can take the last one or two
+    reports with it, and Ray would restart from an older checkpoint or from scratch.
+    ``root`` is under the run's storage path, so on a cluster it is shared storage too.
+    """
+    import torch
+
+    final = Path(root) / f"checkpoint_{epoch:06d}"
+    tmp = Path(root) / f".{final.name}.{os.getpid()}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, obj in files.items():
+        torch.save(obj, tmp / name)
+    (tmp / "state.json").write_text(json.dumps(state))  # last: its presence means complete
+    if final.exists():  # the same epoch written by an earlier attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _prune_checkpoints(root: str, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (an in-process run's Ray record points at the
+    newest, so it must survive)."""
+    for old in sorted(Path(root).glob("checkpoint_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
-def _checkpoint_dir(config: dict, epoch: int):
-    """Where a worker writes an epoch's checkpoint before ``ray.train.report``.
+def _resume_checkpoint(root: str, ray_checkpoint):
+    """The folder to resume from: the newest complete checkpoint under ``root``, or Ray's
+    latest registered checkpoint when it is newer (or ``root`` is empty); ``None`` for a
+    fresh start."""
 
-    Distributed runs upload it to the run's storage during ``report``, so a temporary folder
-    will do. ``num_workers=0`` (in-process) keeps a reference to the folder itself, so it
-    must outlive the call: it goes under ``local_checkpoint_root``, keeping the last two.
-    """
-    root = config.get("local_checkpoint_root")
-    if not root:
-        with tempfile.TemporaryDirectory() as tmp:
-            yield tmp
+    def epoch_of(d: Path) -> int:
+        return json.loads((d / "state.json").read_text())["epoch"]
+
+    own = [d for d in sorted(Path(root).glob("checkpoint_*")) if (d / "state.json").exists()]
+    if ray_checkpoint is None:
+        yield own[-1] if own else None
         return
-    path = Path(root) / f"checkpoint_{epoch:06d}"
-    path.mkdir(parents=True, exist_ok=True)
-    yield str(path)
-    for old in sorted(Path(root).glob("checkpoint_*"))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+    with ray_checkpoint.as_directory() as d:
+        registered = Path(d)
+        if own and epoch_of(own[-1]) >= epoch_of(registered):
+            yield own[-1]
+        else:
+            yield registered
 
 
 # What a checkpoint records so that it can become a model artifact on its own.
@@ -433,8 +468,8 @@ def build_trainer(
     loop_config.update(loop_overrides or {})
     run_name = name or f"train-{int(time.time())}"
     storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
-    if cfg.train.workers == 0:
-        loop_config["local_checkpoint_root"] = str(storage / run_name / "local_checkpoints")
+    # Every epoch's checkpoint, written by rank 0 before it reports (see _write_checkpoint).
+    loop_config["checkpoint_root"] = str(storage / run_name / "epochs")
     files = [str(p) for p in ft.part_files(features_dir)]
     columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
     # Feature tables are small (T x D floats per clip): read them once into the object
@@ -509,6 +544,7 @@ def run_training(
     loop_overrides: dict[str, Any] | None = None,
     register: bool = True,
     facts: DataFacts | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Check the data (unless ``facts`` from :func:`check_training_data` are given), fit
     with Ray Train, evaluate the best model on the test split, log everything to one MLflow
@@ -545,7 +581,8 @@ def run_training(
             name=f"train-{run.run_id[:12]}",
             loop_overrides=loop_overrides,
         )
-        result = trainer.fit()
+        with tracking.epoch_progress(run, cfg.train.epochs, enabled=progress):
+            result = trainer.fit()
         if result.error is not None:
             raise result.error
         model_dir = out_root / "models" / run.run_id

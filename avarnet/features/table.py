@@ -39,6 +39,8 @@ ERROR_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("stage", pa.string()),
         ("message", pa.string()),
+        # size and mtime of the file when it failed: a re-run retries it only once it changed
+        ("fingerprint", pa.string()),
     ]
 )
 
@@ -112,8 +114,18 @@ def write_part(rows: list[dict], out_dir: str | os.PathLike, spec: FeatureSpec) 
     return path
 
 
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """``"<size>:<mtime_ns>"`` of a file, ``"missing"`` when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def write_errors(errors: list[dict], out_dir: str | os.PathLike) -> Path:
-    """Write the error table (``video_id``, ``path``, ``stage``, ``message``) atomically."""
+    """Write the error table (``video_id``, ``path``, ``stage``, ``message``,
+    ``fingerprint``) atomically."""
     path = Path(out_dir) / ERRORS_FILE
     cols = {name: [str(e.get(name, "")) for e in errors] for name in ERROR_SCHEMA.names}
     _atomic_write(pa.table(cols, schema=ERROR_SCHEMA), path)
@@ -121,8 +133,11 @@ def write_errors(errors: list[dict], out_dir: str | os.PathLike) -> Path:
 
 
 def read_errors(out_dir: str | os.PathLike) -> list[dict]:
+    """The error table's rows (tables written before ``fingerprint`` existed read it as "")."""
     path = Path(out_dir) / ERRORS_FILE
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    if not path.exists():
+        return []
+    return [{"fingerprint": "", **row} for row in pq.read_table(path).to_pylist()]
 
 
 def part_files(out_dir: str | os.PathLike) -> list[Path]:

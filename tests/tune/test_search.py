@@ -139,3 +139,27 @@ def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp
     assert client.get_run(res["run_id"]).info.status == "FINISHED"
     champion = client.get_model_version_by_alias("avarnet", "champion")
     assert res["model_uri"] == f"models:/avarnet/{champion.version}"
+
+
+def test_settings_that_cannot_work_are_refused_in_one_line_naming_the_keys():
+    from tune.search import check_search_settings
+
+    with pytest.raises(ConfigError, match=r"tune.grace_period \(4\) .* train.epochs \(3\)"):
+        check_search_settings(load_config(None, ["train.epochs=3", "tune.grace_period=4"]))
+    with pytest.raises(ConfigError, match=r"tune.reduction_factor"):
+        check_search_settings(load_config(None, ["tune.reduction_factor=1"]))
+    with pytest.raises(ConfigError, match=r"tune.trials"):
+        check_search_settings(load_config(None, ["tune.trials=0"]))
+    check_search_settings(load_config(None, ["train.epochs=3", "tune.grace_period=3"]))
+
+
+def test_pipeline_refuses_them_before_anything_runs(tmp_path, capsys):
+    from workflows.pipeline import main
+
+    code = main(
+        ["--config", "workflows/configs/demo.yaml", f"output_dir={tmp_path}", "train.epochs=3"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "avarnet: error: tune.grace_period (4)" in err and "Traceback" not in err
+    assert not (tmp_path / "stages").exists()

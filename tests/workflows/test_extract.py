@@ -96,9 +96,19 @@ def test_bad_clips_go_to_error_table_and_the_rest_is_written(
     assert sorted(fs.video_id) == sorted([r["video_id"] for r in good] + ["short"])
     short_i = fs.video_id.index("short")
     assert fs.audio[short_i].shape[0] == fs.visual[short_i].shape[0] == 1
-    # A re-run retries only the failed clips; they fail again, nothing is duplicated.
+    # A re-run does not retry failed clips whose file has not changed (they stay in the
+    # error table); one whose file changed is retried; nothing is duplicated.
     again = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
     assert again.clips_skipped == 4 and again.clips_failed == 3 and again.clips_ok == 0
+    assert again.clips_failed_before == 3
+    text.write_text("still not a video, but another file\n")
+    again = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
+    assert again.clips_failed == 3 and again.clips_failed_before == 2 and again.clips_ok == 0
+    assert sorted(e["video_id"] for e in ft.read_errors(out)) == ["corrupt", "missing", "text"]
+    retried = run_extract(
+        good + extra, out, tiny_spec, workers=1, progress=False, retry_failed=True
+    )
+    assert retried.clips_failed == 3 and retried.clips_failed_before == 0
     assert len(ft.read_features(out)) == 4
 
 
@@ -112,7 +122,7 @@ def test_spec_mismatch_is_refused_and_nothing_overwritten(ray_session, tiny_feat
     assert {p.name: p.stat().st_mtime_ns for p in tiny_features.iterdir()} == before
 
 
-def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capsys):
+def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capfd):
     from mlflow.tracking import MlflowClient
 
     from avarnet.data.manifest import write_manifest_csv
@@ -136,7 +146,7 @@ def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, caps
         ]
     )
     assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capfd.readouterr().out)  # one document, nothing else on stdout
     for key in ("clips_ok", "clips_failed", "clip_seconds", "wall_seconds", "clip_seconds_per_s"):
         assert key in result
     assert result["clips_ok"] == 3 and result["clips_failed"] == 0
@@ -147,6 +157,13 @@ def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, caps
     assert run.data.params["feature_spec.visual_backbone"] == "mobilevit_xxs"
     names = {a.path for a in MlflowClient(uri).list_artifacts(result["run_id"])}
     assert ft.SPEC_FILE in names and ft.ERRORS_FILE in names
+    # Nothing left to do: said at once, without starting Ray Data or any actor.
+    args = ["extract", "--data", str(data / "manifest.csv"), "--out", str(out), "--preset", "tiny"]
+    assert main([*args, "--json", f"tracking.tracking_uri={uri}"]) == 0
+    captured = capfd.readouterr()
+    again = json.loads(captured.out)
+    assert again["clips_skipped"] == 3 and again["clips_ok"] == 0
+    assert f"nothing to extract: 3 clips already in {out}" in captured.err
 
 
 def test_cli_extract_bad_input_is_one_line_exit_2(tmp_path, capsys):

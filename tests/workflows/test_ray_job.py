@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,125 +14,79 @@ import pytest
 import requests
 import yaml
 
+from workflows.local_cluster import BIN
+from workflows.local_cluster import head_node as start_head_node
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node():
-    """A Ray head node of our own (its own ports, temp dir and token); stopped by stopping
-    the `ray start --block` process we started, never with a machine-wide `ray stop`."""
-    gcs, dash, agent, agent_grpc, metrics, rt_env, client, serve_port = _free_ports(8)
-    temp_dir = tempfile.mkdtemp(prefix="avr-")  # short: Ray's socket paths have a limit
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    # Its processes get RAY_ADDRESS: with two Ray instances on one machine (this test's
-    # session has one), Ray Train's placement-group cleaner, which looks the cluster up
-    # through the state API, otherwise cannot tell which instance is its own.
-    head_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
-    cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs}",
-        "--num-cpus=2",
-        "--include-dashboard=true",
-        f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={rt_env}",
-        f"--ray-client-server-port={client}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    proc = subprocess.Popen(
-        cmd, env=head_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    """A Ray head node of our own (its own ports, temp dir and token), shared by this
+    module's tests; stopped by stopping what it started, never a machine-wide `ray stop`."""
+    with start_head_node(num_cpus=2) as node:
+        yield node
+
+
+def _job_id(res) -> str:
+    return re.search(r"raysubmit_\w+", res.stdout + res.stderr).group(0)
+
+
+def test_workers_get_the_project_environment_inside_a_job(head_node, tmp_path):
+    """A driver inside `ray job submit` joins a cluster started with plain `ray start`:
+    what the project needs in its workers' environment still reaches a Ray Data task and a
+    Ray Train worker, without --runtime-env-json."""
+    from workflows.runtime import WORKER_ENV
+
+    out = tmp_path / "probe.json"
+    res = head_node.ray(
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "tests/workflows/job_probe.py",
+        str(out),
+        cwd=ROOT,
+        timeout=300,
     )
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_for_dashboard(address, env, proc)
-        yield {"address": address, "env": env, "serve_port": serve_port}
-    finally:
-        _stop_head(proc, temp_dir)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-2000:])
+    seen = json.loads(out.read_text())
+    assert seen["data_task"] == WORKER_ENV, seen
+    assert seen["train_worker"] == WORKER_ENV, seen
 
 
-def _session_processes(sid: int) -> list[int]:
-    """PIDs in session ``sid``: `ray start` was started as a session leader, and every
-    process of its node (GCS, raylet, dashboard, workers) inherits its session."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == sid:  # state, ppid, pgrp, session
-                pids.append(int(entry.name))
-    return pids
-
-
-def _stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
-    """Stop this head node only: SIGTERM to `ray start --block` (which stops what it
-    started), then SIGKILL to what is left of its session after a few seconds (a graceful
-    stop of a node that ran a job waits ~30 s)."""
-    proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-    for _ in range(5):
-        left = _session_processes(proc.pid)
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    proc.wait(timeout=30)
-    assert not _session_processes(proc.pid), "processes of the test's head node survived"
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for_dashboard(address: str, env: dict, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited: {proc.stdout.read().decode()[-2000:]}")
-        r = subprocess.run(
-            [str(BIN / "ray"), "job", "list", "--address", address],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode == 0:
-            return
-        time.sleep(1)
-    raise TimeoutError(f"the head node's job API at {address} did not come up")
+def test_relative_output_dir_is_refused_inside_a_job(head_node):
+    """Inside a job a relative output_dir points into the job's temporary copy of the
+    working directory: refused in one line that says what to pass instead."""
+    res = head_node.ray(
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "workflows.pipeline",
+        "--config",
+        "workflows/configs/demo.yaml",
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert res.returncode != 0
+    assert head_node.job_status(_job_id(res)) == "FAILED"
+    logs = res.stdout + res.stderr
+    assert "avarnet: error: output_dir='runs/demo' is relative" in logs, logs[-3000:]
+    assert "absolute path" in logs and "Traceback" not in logs
 
 
 def test_pipeline_as_a_ray_job(head_node, tmp_path):
-    env, address = head_node["env"], head_node["address"]
+    """`ray job stop` during the run, then the same job submitted again: the first parent
+    run ends KILLED, the second resumes from the stage markers and finishes."""
+    env, address = head_node.env, head_node.address
     out = tmp_path / "run"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Without the token the job API refuses.
@@ -154,65 +101,79 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     )
     assert refused.returncode != 0
 
-    t0 = time.monotonic()
-    submit = subprocess.run(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            ".",
-            "--",
-            "python",
-            "-m",
-            "workflows.pipeline",
-            "--config",
-            "workflows/configs/demo.yaml",
-            f"output_dir={out}",
-            f"tracking.tracking_uri={uri}",
-            "synth.clips_per_class=3",
-            "synth.seconds=2",
-            "train.epochs=2",
-            "tune.trials=1",
-            "tune.grace_period=1",
-            f"serve.port={head_node['serve_port']}",
-            "serve.encoder_cpus=0.5",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    wall = time.monotonic() - t0
-    assert submit.returncode == 0, (submit.stdout[-4000:], submit.stderr[-2000:])
-    job_id = re.search(r"raysubmit_\w+", submit.stdout + submit.stderr).group(0)
-    status = subprocess.run(
-        [str(BIN / "ray"), "job", "status", job_id, "--address", address],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", status.stdout + status.stderr)
-    assert re.search(r"succeeded", plain, re.IGNORECASE), plain
-    print(f"ray job: {wall:.0f} s")
+    job = [
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "workflows.pipeline",
+        "--config",
+        "workflows/configs/demo.yaml",
+        f"output_dir={out}",
+        f"tracking.tracking_uri={uri}",
+        "synth.clips_per_class=3",
+        "synth.seconds=2",
+        "train.epochs=2",
+        "tune.trials=1",
+        "tune.grace_period=1",
+        f"serve.port={head_node.serve_port}",
+        "serve.encoder_cpus=0.5",
+    ]
+    # 1. Stopped with `ray job stop` (SIGTERM to the driver) once extraction is done.
+    first = head_node.ray("job", "submit", "--no-wait", *job, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    first_id = _job_id(first)
+    deadline = time.monotonic() + 300
+    while not (out / "stages" / "extract.json").exists():
+        assert head_node.job_status(first_id) in ("PENDING", "RUNNING"), head_node.ray(
+            "job", "logs", first_id
+        ).stdout[-3000:]
+        assert time.monotonic() < deadline, "extraction did not finish in 300 s"
+        time.sleep(0.5)
+    marked = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    stopped = head_node.ray("job", "stop", first_id, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert head_node.job_status(first_id) == "STOPPED"
+    logs = head_node.ray("job", "logs", first_id).stdout
+    assert "avarnet: terminated (SIGTERM) after data, extract" in logs, logs[-3000:]
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("avarnet")
+    (killed,) = [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=200)
+        if r.data.tags.get("avarnet.stage") == "pipeline"
+    ]
+    assert killed.info.status == "KILLED"
+
+    # 2. The same job again: resumes after extraction and finishes.
+    t0 = time.monotonic()
+    submit = head_node.ray("job", "submit", *job, cwd=ROOT)
+    wall = time.monotonic() - t0
+    assert submit.returncode == 0, (submit.stdout[-4000:], submit.stderr[-2000:])
+    assert head_node.job_status(_job_id(submit)) == "SUCCEEDED"
+    print(f"ray job (resumed after extract): {wall:.0f} s")
+    # The job's log holds the operator's lines (stages, bars, summary), not Ray's.
+    logs = head_node.ray("job", "logs", _job_id(submit)).stdout
+    assert "[tune] running ..." in logs and "log:" in logs
+    for noise in ("Traceback", "core_worker", "Deprecat", "(raylet)"):
+        assert noise not in logs, logs[-3000:]
+    for name in ("data.json", "extract.json"):  # skipped, not redone
+        assert (out / "stages" / name).stat().st_mtime_ns == marked[name]
+
     runs = client.search_runs([exp.experiment_id], max_results=200)
-    (parent,) = [r for r in runs if r.data.tags.get("avarnet.stage") == "pipeline"]
-    assert parent.info.status == "FINISHED"
+    parents = [r for r in runs if r.data.tags.get("avarnet.stage") == "pipeline"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
     stages = {r.data.tags.get("avarnet.stage") for r in runs}
     assert {"data", "extract", "train", "tune", "serve"} <= stages
     assert client.get_model_version_by_alias("avarnet", "champion") is not None
     markers = {p.stem for p in (out / "stages").glob("*.json")}
     assert markers == {"data", "extract", "train", "tune", "serve"}
     serve_marker = json.loads((out / "stages" / "serve.json").read_text())
-    assert serve_marker["label"] and serve_marker["url"].endswith(str(head_node["serve_port"]))
+    assert serve_marker["label"] and serve_marker["url"].endswith(str(head_node.serve_port))
 
     # The service the job deployed stays up on the cluster after the job.
     r = requests.get(f"{serve_marker['url']}/v1/health", timeout=30)
@@ -224,7 +185,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     # An operator deploys the service from serve/config.yaml (this test's store and port,
     # CPUs scaled to the 2-CPU head node), then removes it again.
     cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    cfg["http_options"] = {"host": "127.0.0.1", "port": head_node["serve_port"]}
+    cfg["http_options"] = {"host": "127.0.0.1", "port": head_node.serve_port}
     app = cfg["applications"][0]
     app["args"]["tracking_uri"] = uri
     for dep in app["deployments"]:

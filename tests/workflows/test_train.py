@@ -182,14 +182,16 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     assert res["accuracy"] >= 0.0
 
 
-def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capsys):
+def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd):
+    """Each verb's --json is exactly one JSON document on stdout (file-descriptor level:
+    what Ray, Tune or MLflow print goes to the log file)."""
     from workflows.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path}"]
     args = ["train", "--features", str(tiny_features), "--epochs", "2", "--workers", "0"]
     assert main([*args, "--json", *common]) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = json.loads(capfd.readouterr().out)
     assert {"accuracy", "macro_f1", "run_id", "model_uri"} <= set(trained)
     code = main(
         [
@@ -206,7 +208,7 @@ def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capsy
         ]
     )
     assert code == 0
-    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ev = json.loads(capfd.readouterr().out)
     assert ev["accuracy"] == pytest.approx(trained["accuracy"])
     assert ev["macro_f1"] == pytest.approx(trained["macro_f1"])
     assert (tmp_path / "eval" / "report.json").exists()

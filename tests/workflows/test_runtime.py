@@ -1,0 +1,44 @@
+"""workflows/runtime.py: the workers' environment in every case, durable paths in a job."""
+
+from __future__ import annotations
+
+import pytest
+
+from avarnet.config import ConfigError
+from workflows.runtime import WORKER_ENV, check_durable_path, init_kwargs, project_root
+
+
+def test_local_ray_gets_the_worker_env_and_the_project_on_pythonpath(monkeypatch):
+    for k in WORKER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    kw = init_kwargs(num_cpus=2, address=None)
+    assert kw["num_cpus"] == 2
+    assert kw["runtime_env"]["env_vars"] == {"PYTHONPATH": project_root(), **WORKER_ENV}
+
+
+def test_a_cluster_gets_the_worker_env_too(monkeypatch):
+    """Joining a cluster (a Ray job): the env vars travel in ray.init's runtime_env, which
+    Ray merges with the job's."""
+    for k in WORKER_ENV:
+        monkeypatch.delenv(k, raising=False)
+    kw = init_kwargs(address="127.0.0.1:6379")
+    assert kw["address"] == "127.0.0.1:6379"
+    assert kw["runtime_env"] == {"env_vars": WORKER_ENV}
+
+
+def test_settings_the_user_made_are_not_set_again(monkeypatch):
+    """A key the job's runtime env already sets: Ray refuses a second value, the user's
+    value wins."""
+    key = next(iter(WORKER_ENV))
+    monkeypatch.setenv(key, "users-value")
+    kw = init_kwargs(address="127.0.0.1:6379")
+    assert key not in kw.get("runtime_env", {}).get("env_vars", {})
+
+
+def test_relative_paths_are_refused_only_inside_a_job(monkeypatch):
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    check_durable_path("runs/demo", "output_dir")  # fine outside a job
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    check_durable_path("/mnt/shared/run", "output_dir")
+    with pytest.raises(ConfigError, match=r"output_dir='runs/demo' is relative.*absolute path"):
+        check_durable_path("runs/demo", "output_dir")

@@ -1,0 +1,87 @@
+"""Errors, exit statuses and interruptions: the one module every entry point shares.
+
+- Bad input (a config, a dataset, a file that cannot be read) is one line on stderr and
+  exit status 2 (:data:`EXIT_BAD_INPUT`), never a traceback.
+- Ctrl-C (SIGINT) is exit status 130; SIGTERM (``ray job stop``, ``kill PID``, a
+  Kubernetes pod stop) is handled the same way — the stage in flight stops, open MLflow
+  runs end ``KILLED`` — and exits 143 (128 + 15).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class CliError(Exception):
+    """An error to report as one line and exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM. A ``KeyboardInterrupt``, so every place that cleans
+    up after Ctrl-C cleans up after it too."""
+
+
+def interrupt_status(err: KeyboardInterrupt) -> int:
+    """The exit status for an interruption: 143 after SIGTERM, 130 after Ctrl-C."""
+    return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+
+
+def interrupt_name(err: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+
+
+# Called first thing on SIGTERM, before the exception unwinds the stack: ``ray job stop``
+# sends SIGKILL 3 s after SIGTERM, which unwinding Ray Train or Tune may not beat, so what
+# must be recorded (open MLflow runs -> KILLED) is recorded here.
+_on_terminate: list[Callable[[], None]] = []
+
+
+def on_terminate(fn: Callable[[], None]) -> Callable[[], None]:
+    """Register ``fn`` to run on SIGTERM; returns a function that unregisters it."""
+    _on_terminate.append(fn)
+
+    def remove() -> None:
+        if fn in _on_terminate:
+            _on_terminate.remove(fn)
+
+    return remove
+
+
+def _sigterm(signum, frame) -> None:
+    for fn in list(reversed(_on_terminate)):
+        with contextlib.suppress(Exception):  # best effort on the way out
+            fn()
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in this (main) thread. Call it again after
+    ``ray.init``, which installs a handler of its own (``sys.exit``)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: reported in one line with exit status 2."""
+    from avarnet.config import ConfigError
+    from avarnet.data.decode import DecodeError
+    from avarnet.data.manifest import ManifestError
+    from avarnet.features.spec import FeatureSpecMismatch
+    from workflows.train import TrainingDataError
+
+    return (
+        CliError,
+        ConfigError,
+        DecodeError,
+        FileNotFoundError,
+        ManifestError,
+        FeatureSpecMismatch,
+        TrainingDataError,
+    )
