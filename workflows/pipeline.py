@@ -22,6 +22,7 @@ deployment stays up after the job; ``serve shutdown`` removes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -269,8 +270,13 @@ class Pipeline:
             "tune": self.stage_tune,
             "serve": self.stage_serve,
         }
+        # Only the data stage runs without Ray: a re-run with nothing else to do starts
+        # no Ray and no actors.
+        needs_ray = any(s != "data" and self._done(s) is None for s in wanted)
+        if not any(self._done(s) is None for s in wanted):
+            self._say("[pipeline] nothing to do: every stage is up to date (--force redoes)")
         with (
-            ray_session(),
+            ray_session() if needs_ray else contextlib.nullcontext(),
             tracking.start_run(
                 uri, self.cfg.tracking.experiment, "pipeline", tags={"avarnet.stage": "pipeline"}
             ) as parent,

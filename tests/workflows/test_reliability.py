@@ -131,6 +131,15 @@ def test_interrupted_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert status == {"data": "skipped", "extract": "skipped", "train": "ran"}
     assert marker.stat().st_mtime_ns == extracted_at  # not redone
     assert sorted(p.name for p in (tmp_path / "run" / "features").glob("*.parquet")) == parts
+    # Nothing left to do: said at once, no Ray started.
+    t0 = time.monotonic()
+    idle = subprocess.run(
+        _pipeline(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert idle.returncode == 0, idle.stderr[-3000:]
+    assert "nothing to do: every stage is up to date" in idle.stderr
+    assert "ran" not in {line.split()[1] for line in idle.stdout.splitlines()[1:4]}
+    print(f"re-run with nothing to do: {time.monotonic() - t0:.1f} s")
     # Nothing half-written is left beside the outputs.
     leftovers = [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
     assert leftovers == []
