@@ -179,3 +179,47 @@ def test_bad_input_is_one_clear_error(clips, tmp_path, kind):
         decode_clip(path, DecodeOptions(image_size=32))
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("fail_from", [0, 2])
+def test_pyav_takes_over_where_decord_fails(clips, monkeypatch, fail_from):
+    """decord failing on chunk ``fail_from``: PyAV reads that chunk and the rest, on the
+    same grid and with the same frames decord would have given."""
+    from avarnet.data import decode
+
+    opts = DecodeOptions(frames_per_segment=2, image_size=32, chunk_segments=8)
+    info = probe(clips["long"])
+    assert info.decoder == "decord"
+    expected = list(iter_chunks(clips["long"], opts, info))
+    open_video = decode._open_video
+
+    def failing_open_video(*args, **kwargs):
+        vr, calls = open_video(*args, **kwargs), []
+
+        class Failing:
+            def __getattr__(self, name):
+                return getattr(vr, name)
+
+            def __len__(self):
+                return len(vr)
+
+            def get_batch(self, indices):
+                calls.append(1)
+                if len(calls) > fail_from:
+                    raise RuntimeError("Check failed: a decord internal")
+                return vr.get_batch(indices)
+
+        return Failing()
+
+    monkeypatch.setattr(decode, "_open_video", failing_open_video)
+    chunks = list(iter_chunks(clips["long"], opts, info))
+    assert [c.decoder for c in chunks] == ["decord"] * fail_from + ["pyav"] * (8 - fail_from)
+    assert [c.segment_start for c in chunks] == [c.segment_start for c in expected]
+    for got, want in zip(chunks, expected):
+        np.testing.assert_array_equal(got.bounds_s, want.bounds_s)
+        np.testing.assert_array_equal(got.frames, want.frames)
+        np.testing.assert_array_equal(got.audio, want.audio)
+    forced = DecodeOptions(frames_per_segment=2, image_size=32, chunk_segments=8, decoder="decord")
+    with pytest.raises(DecodeError, match="decord cannot read it") as err:
+        list(iter_chunks(clips["long"], forced, info))
+    assert "Check failed" not in err.value.reason
