@@ -12,11 +12,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_CONFIG ?= workflows/configs/demo.yaml
 PYTEST_ARGS ?=
 
-# The browser test drives Debian's chromium; `make test` installs it where apt-get exists.
+# The browser test drives Debian's chromium and the decode-format tests Debian's ffmpeg;
+# `make test` installs them where apt-get exists (`browser` is the old name of `test-deps`).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HAS_APT := $(shell command -v apt-get >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv demo test lint format bench clean-demo browser
+.PHONY: venv demo test lint format bench clean-demo browser test-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -37,17 +38,21 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-browser:
+test-deps:
 ifeq ($(HAS_APT),1)
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing Debian's chromium (headless browser test)"; \
+	@missing="$$(command -v chromium >/dev/null 2>&1 || echo chromium) $$(command -v ffmpeg >/dev/null 2>&1 || echo ffmpeg)"; \
+	if [ -n "$${missing# }" ]; then \
+		echo "installing Debian's $$missing (headless browser test, decode-format tests)"; \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 else
-	@echo "no apt-get here: the browser test is skipped unless /usr/bin/chromium exists"
+	@echo "no apt-get here: the browser test is skipped unless /usr/bin/chromium exists,"
+	@echo "the decode-format tests unless ffmpeg is on PATH"
 endif
 
-test: lint browser
+browser: test-deps
+
+test: lint test-deps
 	$(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
