@@ -223,6 +223,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "audio_sample_rate": info.audio_sample_rate,
         "audio_channels": info.audio_channels,
         "n_segments": info.n_segments(opts),
+        "decoder": info.decoder,  # decord, or PyAV for what decord cannot read correctly
     }
     _emit(args, result, lambda r: "\n".join(f"{k:18s} {v}" for k, v in r.items()))
     return 0

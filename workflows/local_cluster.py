@@ -64,9 +64,11 @@ class HeadNode:
 
 
 @contextlib.contextmanager
-def head_node(num_cpus: int = 2) -> Iterator[HeadNode]:
+def head_node(num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[HeadNode]:
+    """Start a head node; ``env``: extra environment of the node's processes."""
     gcs, dash, agent, agent_grpc, metrics, rt_env, client, serve_port = free_ports(8)
     temp_dir = tempfile.mkdtemp(prefix="avr-")  # short: Ray's socket paths have a limit
+    node_env = env
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -78,7 +80,7 @@ def head_node(num_cpus: int = 2) -> Iterator[HeadNode]:
     # Its processes get RAY_ADDRESS: with two Ray instances on one machine (a test
     # session has one), Ray Train's placement-group cleaner, which looks the cluster up
     # through the state API, otherwise cannot tell which instance is its own.
-    head_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+    head_env = {**env, **(node_env or {}), "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
     cmd = [
         str(BIN / "ray"),
         "start",
