@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   the whole workflow on embedded defaults (local Ray, sqlite MLflow, generated data)
-#   make test   lint + the test suite
+#   make test   lint + the test suite (make test-fast: the unit tier, under a minute)
 # Each creates and fills .venv when it is missing.
 
 VENV   ?= .venv
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HAS_APT := $(shell command -v apt-get >/dev/null 2>&1 && echo 1)
 
-.PHONY: venv demo test lint format bench clean-demo browser test-deps
+.PHONY: venv demo test test-fast lint format bench clean-demo browser test-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -54,6 +54,10 @@ browser: test-deps
 
 test: lint test-deps
 	$(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit tier: everything that starts no Ray, server or browser (see tests/conftest.py).
+test-fast: lint
+	$(PY) -m pytest -m "not integration" -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py

@@ -116,3 +116,16 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+# Fixtures that start Ray (or need it running): a test using any of them is an
+# integration test, whatever module it is in.
+_RAY_FIXTURES = {"ray_session", "tiny_features", "trained", "service", "registered_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts Ray, a server or a browser as ``integration``, so that
+    ``make test-fast`` (``-m "not integration"``) runs the rest in well under a minute."""
+    for item in items:
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
