@@ -398,7 +398,7 @@ def _progress_callback(total: int, max_epochs: int):
             self.bar = None
             self.best = None
 
-        def _update(self, trials) -> None:
+        def _update(self, trials, starting=None) -> None:
             if self.bar is None:
                 self.bar = console.progress_bar(total, "tune", "trial")
             done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
@@ -413,7 +413,8 @@ def _progress_callback(total: int, max_epochs: int):
                     self.best = f1
             self.bar.n = len(done)
             self.bar.set_postfix(
-                running=sum(t.status == "RUNNING" for t in trials),
+                # a trial being started is not RUNNING yet when Tune tells us
+                running=sum(t.status == "RUNNING" or t is starting for t in trials),
                 stopped_early=stopped,
                 failed=sum(t.status == "ERROR" for t in trials),
                 best_f1="-" if self.best is None else f"{self.best:.3f}",
@@ -421,7 +422,7 @@ def _progress_callback(total: int, max_epochs: int):
             )
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self._update(trials)
+            self._update(trials, starting=trial)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._update(trials)
