@@ -20,6 +20,17 @@ from workflows.local_cluster import head_node as start_head_node
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+# The README's job command for the demo config (`ray job submit` arguments).
+DEMO_JOB = (
+    "--working-dir",
+    ".",
+    "--",
+    "python",
+    "-m",
+    "workflows.pipeline",
+    "--config",
+    "workflows/configs/demo.yaml",
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +75,7 @@ def test_workers_get_the_project_environment_inside_a_job(head_node, tmp_path):
 def test_relative_output_dir_is_refused_inside_a_job(head_node):
     """Inside a job a relative output_dir points into the job's temporary copy of the
     working directory: refused in one line that says what to pass instead."""
-    res = head_node.ray(
-        "job",
-        "submit",
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "-m",
-        "workflows.pipeline",
-        "--config",
-        "workflows/configs/demo.yaml",
-        cwd=ROOT,
-        timeout=300,
-    )
+    res = head_node.ray("job", "submit", *DEMO_JOB, cwd=ROOT, timeout=300)
     assert res.returncode != 0
     assert head_node.job_status(_job_id(res)) == "FAILED"
     logs = res.stdout + res.stderr
@@ -104,14 +102,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     assert refused.returncode != 0
 
     job = [
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "-m",
-        "workflows.pipeline",
-        "--config",
-        "workflows/configs/demo.yaml",
+        *DEMO_JOB,
         f"output_dir={out}",
         f"tracking.tracking_uri={uri}",
         "synth.clips_per_class=3",
