@@ -163,3 +163,36 @@ def test_pipeline_refuses_them_before_anything_runs(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1, err
     assert "avarnet: error: tune.grace_period (4)" in err and "Traceback" not in err
     assert not (tmp_path / "stages").exists()
+
+
+def test_cli_tune_json_is_one_document(ray_session, tiny_features, tmp_path, capfd):
+    """`avarnet tune --json`: exactly one JSON document on stdout; Tune's own lines ("View
+    detailed results here", the TensorBoard hint) go to the log file."""
+    from workflows.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(
+        [
+            "tune",
+            "--features",
+            str(tiny_features),
+            "--trials",
+            "1",
+            "--epochs",
+            "2",
+            "--json",
+            f"output_dir={tmp_path}",
+            f"tracking.tracking_uri={uri}",
+            "tune.grace_period=1",
+            "model.num_layers=4",
+            SPACE,
+        ]
+    )
+    captured = capfd.readouterr()
+    assert code == 0, captured.err[-3000:]
+    result = json.loads(captured.out)
+    assert result["trials_completed"] + result["trials_stopped_early"] == 1
+    assert result["model_uri"].startswith("models:/avarnet/")
+    logs = (tiny_features.parent / "logs").glob("tune-*.log")  # beside the feature table
+    log = max(logs, key=lambda p: p.stat().st_mtime).read_text()
+    assert "View detailed results here" in log
