@@ -246,10 +246,17 @@ def test_service_recovers_from_a_killed_encoder_replica(service, bench_rows):
     import signal
     import time
 
+    import ray
     from ray.util.state import list_actors
 
     def encoder_pids() -> list[int]:
-        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        # This session's cluster by address: another Ray on the machine (a second test
+        # run, a user's) would make the state API refuse to guess.
+        actors = list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("state", "=", "ALIVE")],
+            limit=1000,
+        )
         return [a.pid for a in actors if "Encoder" in (a.class_name or "") and a.pid]
 
     path = _clip(bench_rows, audio=True)

@@ -22,10 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def alive_actor_pids(class_fragment: str) -> list[int]:
     """PIDs of this cluster's live actors whose class name contains ``class_fragment``."""
+    import ray
     from ray.util.state import list_actors
 
+    # This session's cluster by address: another Ray on the machine (a second test run, a
+    # user's) would make the state API refuse to guess.
     actors = list_actors(
-        filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("state", "=", "ALIVE")],
+        limit=1000,
+        raise_on_missing_output=False,
     )
     return [a.pid for a in actors if class_fragment in (a.class_name or "") and a.pid]
 
