@@ -272,8 +272,9 @@ class Pipeline:
         }
         # Only the data stage runs without Ray: a re-run with nothing else to do starts
         # no Ray and no actors.
-        needs_ray = any(s != "data" and self._done(s) is None for s in wanted)
-        if not any(self._done(s) is None for s in wanted):
+        pending = [s for s in wanted if self._done(s) is None]
+        needs_ray = any(s != "data" for s in pending)
+        if not pending:
             self._say("[pipeline] nothing to do: every stage is up to date (--force redoes)")
         with (
             ray_session() if needs_ray else contextlib.nullcontext(),
@@ -430,10 +431,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     pipe: Pipeline | None = None
     try:
         cfg = load_config(args.config, args.overrides)
-        check_settings(cfg, args.stages.split(",") if args.stages else None)
+        stages = args.stages.split(",") if args.stages else None
+        check_settings(cfg, stages)
         pipe = Pipeline(cfg, force=args.force, progress=not args.json)
         with console.capture(pipe.root / "logs", "pipeline", verbose=args.verbose):
-            pipe.run(args.stages.split(",") if args.stages else None, then=then)
+            pipe.run(stages, then=then)
     except known_errors() + (ValueError,) as err:
         console.say(f"avarnet: error: {err}")
         return EXIT_BAD_INPUT
