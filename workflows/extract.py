@@ -128,6 +128,7 @@ def _error_row(row: dict, stage: str, message: str, opts: DecodeOptions) -> dict
         "duration_s": 0.0,
         "fps": 0.0,
         "has_audio": False,
+        "decoder": "",
         "bounds_s": np.zeros(1, np.float64),
         "frames": np.zeros((0, k, s, s, 3), np.uint8),
         "audio": np.zeros(0, np.float32),
@@ -152,6 +153,7 @@ def decode_row(row: dict, *, opts: DecodeOptions) -> Iterator[dict]:
                 "duration_s": c.info.duration_s,
                 "fps": c.info.fps,
                 "has_audio": c.has_audio,
+                "decoder": c.decoder,
                 "bounds_s": c.bounds_s,
                 "frames": c.frames,
                 "audio": c.audio,
@@ -226,6 +228,7 @@ class ChunkEncoder:
             "duration_s": batch["duration_s"],
             "fps": batch["fps"],
             "has_audio": batch["has_audio"],
+            "decoder": batch["decoder"],
             "audio_feat": _ragged(audio_feats),
             "visual_feat": _ragged(visual_feats),
             "stage": np.asarray(stages, dtype=object),
@@ -287,6 +290,8 @@ class _Assembler:
             audio=audio,
             visual=visual,
             has_audio=bool(item["has_audio"]),
+            # PyAV when it took over part of the clip from decord (see avarnet.data.decode)
+            decoder="pyav" if any(p["decoder"] == "pyav" for p in ordered) else "decord",
             duration_s=float(item["duration_s"]),
             segment_gt=_segment_gt(row, len(visual), float(item["fps"]), opts),
         )

@@ -75,6 +75,7 @@ import numpy as np
 __all__ = [
     "DECODERS",
     "ClipChunk",
+    "ClipHeader",
     "ClipInfo",
     "DecodeError",
     "DecodeOptions",
@@ -82,6 +83,7 @@ __all__ = [
     "decode_clip",
     "iter_chunks",
     "probe",
+    "read_header",
     "segment_bounds",
     "segment_frame_bounds",
 ]
@@ -327,6 +329,7 @@ class _Streams:
     width: int
     height: int
     claimed_frames: int  # the header's frame count, or rate x duration (0: unknown)
+    duration_s: float | None  # the header's duration (None: it records none)
     has_audio: bool
     audio_sample_rate: int | None
     audio_channels: int | None
@@ -354,16 +357,51 @@ def _read_streams(path: str) -> _Streams:
         claimed = int(vs.frames or 0)
         if claimed <= 0 and vs.average_rate and container.duration:
             claimed = int(float(vs.average_rate) * container.duration / 1e6)
+        duration = None
+        if container.duration and container.duration > 0:
+            duration = container.duration / 1e6
+        elif vs.duration and vs.time_base:
+            duration = float(vs.duration * vs.time_base)
         return _Streams(
             container=str(container.format.name),
             codec=str(cc.name),
             width=int(cc.width),
             height=int(cc.height),
             claimed_frames=claimed,
+            duration_s=duration,
             has_audio=a_cc is not None,
             audio_sample_rate=int(a_cc.sample_rate) if a_cc is not None else None,
             audio_channels=int(a_cc.channels) if a_cc is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class ClipHeader:
+    """What a clip's container header says, read without decoding or scanning the file
+    (cheap even for hours of footage): for checking limits before any work is done.
+
+    ``duration_s`` is ``None`` when the container records no duration (WebM or Matroska
+    written to a pipe); :func:`probe` measures those.
+    """
+
+    container: str  # FFmpeg's demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    codec: str  # the video codec, e.g. "h264"
+    width: int
+    height: int
+    duration_s: float | None
+    has_audio: bool
+
+
+def read_header(path: str | os.PathLike) -> ClipHeader:
+    """The container header's video parameters and duration (PyAV; nothing decoded).
+
+    Raises:
+        DecodeError: as :func:`probe`, for files that are not a readable video.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _check_file(path)
+    st = _read_streams(path)
+    return ClipHeader(st.container, st.codec, st.width, st.height, st.duration_s, st.has_audio)
 
 
 def probe(path: str | os.PathLike, decoder: str = "auto") -> ClipInfo:

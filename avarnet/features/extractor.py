@@ -270,7 +270,12 @@ class FeatureEncoders:
         return list(zip(audio, visual))
 
     def encode_clip(
-        self, path: str | os.PathLike, *, chunk_segments: int = 32, threads: int = 1
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_segments: int = 32,
+        threads: int = 1,
+        decoder: str = "auto",
     ) -> ClipFeatures:
         """Decode and encode a whole clip, chunk by chunk (bounded memory).
 
@@ -278,13 +283,17 @@ class FeatureEncoders:
             path: a video file.
             chunk_segments: segments decoded and encoded together (also the audio context).
             threads: decoder threads.
+            decoder: ``"auto"`` (decord, PyAV where decord cannot read the clip), ``"decord"``
+                or ``"pyav"``; ``info.decoder`` of the result says which one read it.
 
         Raises:
             avarnet.data.decode.DecodeError: the clip cannot be decoded.
         """
         from avarnet.data.decode import iter_chunks
 
-        opts = self.spec.decode_options(chunk_segments=chunk_segments, threads=threads)
+        opts = self.spec.decode_options(
+            chunk_segments=chunk_segments, threads=threads, decoder=decoder
+        )
         audio, visual, bounds = [], [], []
         chunk = None
         for chunk in iter_chunks(path, opts):

@@ -170,11 +170,13 @@ class FeatureSpec:
 
     # -- use -----------------------------------------------------------------------------
 
-    def decode_options(self, chunk_segments: int = 32, threads: int = 1) -> DecodeOptions:
+    def decode_options(
+        self, chunk_segments: int = 32, threads: int = 1, decoder: str = "auto"
+    ) -> DecodeOptions:
         """The :class:`~avarnet.data.decode.DecodeOptions` that produce this spec's inputs.
 
-        ``chunk_segments`` (segments decoded and encoded together) and ``threads`` (decoder
-        threads) are run-time choices. Note that Wav2Vec2 sees one chunk's audio at a time, so
+        ``chunk_segments`` (segments decoded and encoded together), ``threads`` (decoder
+        threads) and ``decoder`` (``DecodeOptions.decoder``) are run-time choices. Note that Wav2Vec2 sees one chunk's audio at a time, so
         ``chunk_segments`` bounds the audio context: keep the default for tables that will be
         compared.
         """
@@ -186,6 +188,7 @@ class FeatureSpec:
             sample_rate=self.sample_rate,
             chunk_segments=chunk_segments,
             threads=threads,
+            decoder=decoder,
         )
 
     def diff(self, other: FeatureSpec) -> dict[str, tuple[Any, Any]]:

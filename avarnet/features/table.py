@@ -2,7 +2,8 @@
 
 Columns: the manifest columns (``video_id``, ``path``, ``label``, ``labels``, ``split``,
 ``gt_intervals``, ``gt_available``), ``n_segments`` (T), ``duration_s``, ``has_audio``,
-``audio`` (T x Da float32, a list of fixed-size lists), ``visual`` (T x Dv float32) and
+``decoder`` (``"decord"`` or ``"pyav"``: which decoder read the clip's frames; ``""`` in
+tables written before it was recorded), ``audio`` (T x Da float32, a list of fixed-size lists), ``visual`` (T x Dv float32) and
 ``segment_gt`` (T int8, 1 = anomalous segment). One step of T is one segment of the
 :class:`~avarnet.features.spec.FeatureSpec` (``segment_seconds``, or ``segment_frames``
 frames).
@@ -58,6 +59,7 @@ def table_schema(spec: FeatureSpec) -> pa.Schema:
         ("n_segments", pa.int32()),
         ("duration_s", pa.float64()),
         ("has_audio", pa.bool_()),
+        ("decoder", pa.string()),
         ("audio", pa.list_(pa.list_(pa.float32(), spec.audio_dim))),
         ("visual", pa.list_(pa.list_(pa.float32(), spec.visual_dim))),
         ("segment_gt", pa.list_(pa.int8())),
@@ -76,7 +78,8 @@ def _nested(arrays: list[np.ndarray], dim: int) -> pa.Array:
 
 def clips_to_table(rows: list[dict], spec: FeatureSpec) -> pa.Table:
     """Build a table from clip dicts holding the manifest columns plus ``audio`` ``(T, Da)``,
-    ``visual`` ``(T, Dv)``, ``segment_gt`` ``(T,)``, ``duration_s`` and ``has_audio``."""
+    ``visual`` ``(T, Dv)``, ``segment_gt`` ``(T,)``, ``duration_s``, ``has_audio`` and
+    optionally ``decoder``."""
     schema = table_schema(spec)
     cols = {
         "video_id": [r["video_id"] for r in rows],
@@ -89,6 +92,7 @@ def clips_to_table(rows: list[dict], spec: FeatureSpec) -> pa.Table:
         "n_segments": [len(r["visual"]) for r in rows],
         "duration_s": [float(r["duration_s"]) for r in rows],
         "has_audio": [bool(r["has_audio"]) for r in rows],
+        "decoder": [str(r.get("decoder") or "") for r in rows],
     }
     arrays = [pa.array(cols[name], type=schema.field(name).type) for name in cols]
     arrays.append(_nested([r["audio"] for r in rows], spec.audio_dim))
@@ -254,7 +258,8 @@ def read_features(path: str | os.PathLike, splits: list[str] | None = None) -> F
     files = part_files(p) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"{p}: feature table has no part files")
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    # Parts written before a column existed (``decoder``) read it as null.
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     if splits is not None:
         table = table.filter(pc.is_in(table.column("split"), pa.array(splits)))
     table = table.sort_by("video_id")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def test_table_has_documented_schema_and_shapes(tiny_features, bench_rows, tiny_
         assert fs.label[i] == by_id[vid]["label"]
         assert fs.segment_gt[i].shape == (3,)
     schema = pq.read_schema(ft.part_files(tiny_features)[0])
-    for col in ("video_id", "path", "label", "labels", "split", "audio", "visual", "has_audio"):
+    for col in ("video_id", "path", "label", "split", "audio", "visual", "has_audio", "decoder"):
         assert col in schema.names
 
 
@@ -79,27 +80,50 @@ def test_bad_clips_go_to_error_table_and_the_rest_is_written(
     frames = np.full((5, 64, 64, 3), 128, np.uint8)
     tone = (0.2 * np.sin(np.arange(int(5 / 12 * 16000)) / 5)).astype(np.float32)[None]
     write_av_clip(short, frames, 12, tone, 16000)
+    # A WebM written to a pipe carries no duration: decord refuses it, PyAV reads it.
+    webm = tmp_path / "piped.webm"
+    with webm.open("wb") as f:
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi"]
+            + ["-i", "testsrc2=size=96x64:rate=12:duration=2", "-c:v", "libvpx", "-f", "webm"]
+            + ["pipe:1"],
+            stdout=f,
+            check=True,
+        )
     extra = [
         {**good[0], "video_id": "corrupt", "path": str(corrupt)},
         {**good[0], "video_id": "text", "path": str(text)},
         {**good[0], "video_id": "missing", "path": str(tmp_path / "gone.mp4")},
         {**good[0], "video_id": "short", "path": str(short), "gt_intervals": []},
+        {**good[0], "video_id": "webm", "path": str(webm), "gt_intervals": []},
     ]
     out = tmp_path / "features"
     summary = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
-    assert summary.clips_ok == 4 and summary.clips_failed == 3
+    assert summary.clips_ok == 5 and summary.clips_failed == 3
     errors = ft.read_errors(out)
     assert sorted(e["video_id"] for e in errors) == ["corrupt", "missing", "text"]
     assert {e["stage"] for e in errors} == {"decode"}
     assert all(e["path"] in e["message"] for e in errors)
     fs = ft.read_features(out)
-    assert sorted(fs.video_id) == sorted([r["video_id"] for r in good] + ["short"])
+    assert sorted(fs.video_id) == sorted([r["video_id"] for r in good] + ["short", "webm"])
     short_i = fs.video_id.index("short")
     assert fs.audio[short_i].shape[0] == fs.visual[short_i].shape[0] == 1
+    # The table records which decoder read each clip.
+    decoders = {
+        r["video_id"]: r["decoder"]
+        for part in ft.part_files(out)
+        for r in pq.read_table(part, columns=["video_id", "decoder"]).to_pylist()
+    }
+    assert decoders == {
+        **{r["video_id"]: "decord" for r in good},
+        "short": "decord",
+        "webm": "pyav",
+    }
+    assert fs.visual[fs.video_id.index("webm")].shape[0] == 2
     # A re-run does not retry failed clips whose file has not changed (they stay in the
     # error table); one whose file changed is retried; nothing is duplicated.
     again = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
-    assert again.clips_skipped == 4 and again.clips_failed == 3 and again.clips_ok == 0
+    assert again.clips_skipped == 5 and again.clips_failed == 3 and again.clips_ok == 0
     assert again.clips_failed_before == 3
     text.write_text("still not a video, but another file\n")
     again = run_extract(good + extra, out, tiny_spec, workers=1, progress=False)
@@ -109,7 +133,7 @@ def test_bad_clips_go_to_error_table_and_the_rest_is_written(
         good + extra, out, tiny_spec, workers=1, progress=False, retry_failed=True
     )
     assert retried.clips_failed == 3 and retried.clips_failed_before == 0
-    assert len(ft.read_features(out)) == 4
+    assert len(ft.read_features(out)) == 5
 
 
 def test_spec_mismatch_is_refused_and_nothing_overwritten(ray_session, tiny_features, bench_rows):
