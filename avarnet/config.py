@@ -171,9 +171,18 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 200.0
-    encoder_cpus: float = 1.0  # per Encoder replica (also its torch threads)
+    # Per request, checked from the container before decoding (413); 0: no limit. Longer
+    # footage is for batch scoring. 300 s is about 5 min of Encoder time per clip for the
+    # full-size backbones on one CPU core, under 10 s on a GPU.
+    max_clip_seconds: float = 300.0
+    max_frame_pixels: int = 3840 * 2160  # width x height (4K UHD)
+    max_segments: int = 1024
+    long_clip_seconds: float = 30.0  # longer clips are encoded outside the batches
+    upload_idle_timeout_s: float = 30.0  # an upload that stalls this long is cut (408)
+    encoder_cpus: float = 0.0  # per Encoder replica (also its torch threads); 0: fit the node
     encoder_gpus: float = 0.0  # per Encoder replica; > 0 runs the encoders on CUDA
     encoder_max_replicas: int = 2  # the Encoder's autoscaling ceiling (minimum 1)
+    fit_resources: bool = True  # cap replica ceilings to the cluster's CPUs/GPUs at deploy
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,23 @@ for ``serve run serve.app:build_app model=...``, ``serve deploy serve/config.yam
 ``avarnet serve``; a registry alias (``models:/avarnet@champion``) is resolved once, to a
 concrete version, so that every replica loads the same model even if the alias moves.
 
-Uploads are written to a temporary file that the server names itself; the server never
-opens a path that a client sends.
+Every request's work is bounded. An upload is streamed to a temporary file that the server
+names itself (never held whole in memory, cut when it stalls for ``upload_idle_timeout_s``,
+removed on every path); its container header is checked against ``max_clip_seconds``,
+``max_frame_pixels`` and ``max_segments`` before anything is decoded (413, with a pointer
+to batch scoring). Clips longer than ``long_clip_seconds`` (or of unknown length) are
+encoded outside the batches, one at a time per replica, so they never hold up the short
+clips that share a batch. The server never opens a path that a client sends.
 """
 
 import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import gc
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,18 +37,24 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from avarnet.config import Config, ServeConfig
 
-__all__ = ["AppArgs", "ScoreResponse", "build_app", "resolve_model"]
+__all__ = ["AppArgs", "ClipLimits", "ScoreResponse", "build_app", "fit_resources", "resolve_model"]
 
 logger = logging.getLogger("ray.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 API_VERSION = "v1"
+UPLOAD_PREFIX = "avarnet-upload-"  # temporary files in the system's temporary directory
 
 
 # --------------------------------------------------------------------------- arguments
@@ -57,9 +73,19 @@ class AppArgs:
             or the project's embedded sqlite store under ``output_dir``.
         output_dir: where the embedded store lives when ``tracking_uri`` is not given.
         max_upload_mb: larger uploads are refused with 413.
-        encoder_cpus / encoder_gpus: per Encoder replica (GPUs: encoders run on CUDA).
+        max_clip_seconds / max_frame_pixels / max_segments: longer clips, larger frames
+            (width x height) and clips of more segments are refused with 413 before they
+            are decoded; 0 turns a limit off.
+        long_clip_seconds: clips longer than this (or of unknown length) are encoded
+            outside the batches, one at a time per replica.
+        upload_idle_timeout_s: an upload that sends nothing for this long is cut (408).
+        encoder_cpus / encoder_gpus: per Encoder replica (GPUs: encoders run on CUDA);
+            ``encoder_cpus`` 0: fit the cluster (1 on nodes of 4 CPUs or more, else 0.5).
         encoder_min_replicas / encoder_max_replicas: the Encoder's autoscaling range.
-        classifier_cpus: per Classifier replica.
+        classifier_cpus: per Classifier replica (0: 0.5, or 0.2 on nodes under 4 CPUs).
+        fit_resources: cap the autoscaling ceilings to what the cluster's CPUs (and GPUs)
+            can hold at deployment, so that Serve never asks for a replica that cannot be
+            placed; turn off on a cluster that adds nodes on demand (Ray autoscaler).
         max_batch_size: clips per Encoder batch (``@serve.batch``).
         batch_wait_timeout_s: how long a batch waits to fill (0: take what is queued; under
             load, requests queue while a batch runs, so batches still form).
@@ -71,11 +97,17 @@ class AppArgs:
     tracking_uri: str | None = None
     output_dir: str = Config().output_dir
     max_upload_mb: float = _SERVE.max_upload_mb
+    max_clip_seconds: float = _SERVE.max_clip_seconds
+    max_frame_pixels: int = _SERVE.max_frame_pixels
+    max_segments: int = _SERVE.max_segments
+    long_clip_seconds: float = _SERVE.long_clip_seconds
+    upload_idle_timeout_s: float = _SERVE.upload_idle_timeout_s
     encoder_cpus: float = _SERVE.encoder_cpus
     encoder_gpus: float = _SERVE.encoder_gpus
     encoder_min_replicas: int = 1
     encoder_max_replicas: int = _SERVE.encoder_max_replicas
-    classifier_cpus: float = 0.5
+    classifier_cpus: float = 0.0
+    fit_resources: bool = True
     max_batch_size: int = 4
     batch_wait_timeout_s: float = 0.0
     threads: int = 0
@@ -92,7 +124,9 @@ class AppArgs:
             if value is None:
                 continue
             default = getattr(out, key)
-            if isinstance(default, bool) or default is None:
+            if isinstance(default, bool) and isinstance(value, str):
+                setattr(out, key, value.strip().lower() in ("1", "true", "yes", "on"))
+            elif isinstance(default, bool) or default is None:
                 setattr(out, key, value)
             else:  # `serve run` passes every argument as a string
                 setattr(out, key, type(default)(value))
@@ -102,7 +136,49 @@ class AppArgs:
             raise ValueError("need 1 <= encoder_min_replicas <= encoder_max_replicas")
         if out.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {out.max_batch_size}")
+        for key in ("max_clip_seconds", "max_frame_pixels", "max_segments", "encoder_cpus"):
+            if getattr(out, key) < 0:
+                raise ValueError(f"{key} must be >= 0 (0: no limit / fit), got {getattr(out, key)}")
+        if out.upload_idle_timeout_s <= 0:
+            raise ValueError(f"upload_idle_timeout_s must be > 0, got {out.upload_idle_timeout_s}")
         return out
+
+    def limits(self) -> "ClipLimits":
+        return ClipLimits(self.max_clip_seconds, self.max_frame_pixels, self.max_segments)
+
+
+BATCH_SCORING_HINT = "split it, or score long footage offline in batch (README: Serving limits)"
+
+
+@dataclass(frozen=True)
+class ClipLimits:
+    """What one request may cost, checked from the container before anything is decoded.
+    0 turns a limit off."""
+
+    max_seconds: float = 0.0
+    max_pixels: int = 0
+    max_segments: int = 0
+
+    def problem(
+        self, *, duration_s: float | None, width: int, height: int, n_segments: int | None = None
+    ) -> str | None:
+        """Why a clip is over a limit (one line for the client), or ``None``."""
+        if self.max_pixels and width * height > self.max_pixels:
+            return (
+                f"frames of {width}x{height} pixels are over this service's limit of "
+                f"{self.max_pixels} pixels per frame (serve.max_frame_pixels)"
+            )
+        if self.max_seconds and duration_s is not None and duration_s > self.max_seconds:
+            return (
+                f"the clip is {duration_s:.1f} s long; this service scores clips of up to "
+                f"{self.max_seconds:g} s (serve.max_clip_seconds): {BATCH_SCORING_HINT}"
+            )
+        if self.max_segments and n_segments is not None and n_segments > self.max_segments:
+            return (
+                f"the clip has {n_segments} segments; this service scores clips of up to "
+                f"{self.max_segments} segments (serve.max_segments): {BATCH_SCORING_HINT}"
+            )
+        return None
 
 
 @dataclass
@@ -161,9 +237,13 @@ class MediaError(Exception):
 
 _ERROR_TYPES = {
     400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "undecodable_media",
+    500: "internal_error",
     503: "unavailable",
 }
 
@@ -186,13 +266,47 @@ def _public(reason: str, path: str) -> str:
     return reason.replace(f": '{path}'", "").replace(path, "<upload>")
 
 
+def _release_memory() -> None:
+    """Hand freed heap back to the system after a large clip (glibc keeps it otherwise:
+    a replica's memory would stay at its peak)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _TempFiles:
+    """The upload files one replica has open, removed when a request ends and, for any
+    still open (requests cut short by a shutdown), when the replica shuts down."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+
+    def new(self) -> str:
+        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX)
+        os.close(fd)
+        self.paths.add(path)
+        return path
+
+    def remove(self, path: str) -> None:
+        self.paths.discard(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def remove_all(self) -> None:
+        for path in list(self.paths):
+            self.remove(path)
+
+
 # --------------------------------------------------------------------------- deployments
 
 
 @serve.deployment(name="Encoder")  # resources and autoscaling: build_app, from AppArgs
 class Encoder:
     """Decode an uploaded clip on the model's segment grid and encode it (Wav2Vec2 +
-    MobileViT), several uploads per batch."""
+    MobileViT): short clips several per batch, long ones alone (``encode_long``).
+
+    A clip is decoded and encoded chunk by chunk, at most ``segment_budget`` segments of
+    frames in memory at a time, whatever its length."""
 
     def __init__(
         self,
@@ -201,6 +315,7 @@ class Encoder:
         threads: int = 0,
         max_batch_size: int = 4,
         batch_wait_timeout_s: float = 0.0,
+        limits: dict[str, Any] | None = None,
     ):
         import torch
 
@@ -216,67 +331,118 @@ class Encoder:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoders = build_encoders(FeatureSpec.from_dict(spec), device=device)
         self.opts = self.encoders.spec.decode_options(chunk_segments=chunk_segments)
+        self.limits = ClipLimits(**(limits or {}))
+        self.segment_budget = chunk_segments * max_batch_size
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.tmp = Path(tempfile.mkdtemp(prefix="avarnet-serve-"))
+        self.long_lane = asyncio.Semaphore(1)  # long clips: one at a time per replica
+        self.files = _TempFiles()
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        files = getattr(self, "files", None)
+        if files is not None:
+            files.remove_all()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.0)
     async def encode(self, payloads: list[bytes]) -> list[dict[str, Any]]:
         # Off the event loop, so that the next batch can queue while this one runs.
         return await asyncio.to_thread(self._encode_batch, payloads)
 
-    def _decode(self, data: bytes):
+    async def encode_long(self, payload: bytes) -> dict[str, Any]:
+        """One long clip, outside the batches: the short clips' batches run beside it."""
+        async with self.long_lane:
+            (out,) = await asyncio.to_thread(self._encode_batch, [payload])
+        return out
+
+    def _clip_chunks(self, data: bytes):
+        """The clip's chunks, decoded one at a time; :class:`MediaError` for bad media."""
         from avarnet.data.decode import DecodeError, iter_chunks, probe
 
-        fd, path = tempfile.mkstemp(suffix=".upload", dir=self.tmp)
+        path = self.files.new()
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(path, "wb") as f:
                 f.write(data)
+            del data
             try:
                 info = probe(path)
             except DecodeError as err:
                 raise MediaError(415, _public(err.reason, path)) from None
+            problem = self.limits.problem(
+                duration_s=info.duration_s,
+                width=info.width,
+                height=info.height,
+                n_segments=info.n_segments(self.opts),
+            )
+            if problem:
+                raise MediaError(413, problem)
             try:
-                return list(iter_chunks(path, self.opts, info=info))
+                yield from iter_chunks(path, self.opts, info=info)
             except DecodeError as err:
                 raise MediaError(422, f"undecodable video: {_public(err.reason, path)}") from None
         finally:
-            os.unlink(path)
+            self.files.remove(path)
 
     def _encode_batch(self, payloads: list[bytes]) -> list[dict[str, Any]]:
-        from avarnet.data.decode import chunk_bounds
-
         t0 = time.perf_counter()
-        decoded: list[Any] = []
-        for data in payloads:
+        n = len(payloads)
+        errors: list[MediaError | None] = [None] * n
+        # per clip and chunk: (bounds_s, has_audio, decoder, duration_s); no frames kept
+        chunks: list[list[tuple[np.ndarray, bool, str, float]]] = [[] for _ in range(n)]
+        feats: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
+        pending: list[tuple[int, Any]] = []
+        encode_s = 0.0
+
+        def flush() -> None:
+            nonlocal encode_s
+            t = time.perf_counter()
+            out = self.encoders.encode_chunks([c for _, c in pending])
+            encode_s += time.perf_counter() - t
+            for (i, _), pair in zip(pending, out):
+                feats[i].append(pair)
+            pending.clear()
+
+        for i, data in enumerate(payloads):
             try:
-                decoded.append(self._decode(data))
+                for chunk in self._clip_chunks(data):
+                    pending.append((i, chunk))
+                    meta = (chunk.bounds_s, chunk.has_audio, chunk.decoder, chunk.info.duration_s)
+                    chunks[i].append(meta)
+                    if sum(c.n_segments for _, c in pending) >= self.segment_budget:
+                        flush()
             except MediaError as err:
-                decoded.append(err)
+                errors[i] = err
             except Exception as err:  # a decoder crash on hostile input is still bad media
-                decoded.append(MediaError(422, f"undecodable video: {type(err).__name__}"))
-        t1 = time.perf_counter()
-        chunks = [c for d in decoded if isinstance(d, list) for c in d]
-        feats = iter(self.encoders.encode_chunks(chunks)) if chunks else iter(())
-        t2 = time.perf_counter()
-        ms = {"decode": 1e3 * (t1 - t0), "encode": 1e3 * (t2 - t1), "batch_size": len(payloads)}
+                errors[i] = MediaError(422, f"undecodable video: {type(err).__name__}")
+            if errors[i] is not None:
+                pending[:] = [(j, c) for j, c in pending if j != i]
+        if pending:
+            flush()
+        total = time.perf_counter() - t0
+        ms = {
+            "decode": 1e3 * (total - encode_s),
+            "encode": 1e3 * encode_s,
+            "batch_size": n,
+        }
         out = []
-        for d in decoded:
-            if isinstance(d, MediaError):
-                out.append({"error": {"status": d.status, "message": d.message}})
+        for i in range(n):
+            err = errors[i]
+            if err is not None:
+                out.append({"error": {"status": err.status, "message": err.message}})
                 continue
-            parts = [next(feats) for _ in d]
-            bounds = chunk_bounds(d)
+            parts, cs = feats[i], chunks[i]
             out.append(
                 {
                     "audio": np.concatenate([a for a, _ in parts]),
                     "visual": np.concatenate([v for _, v in parts]),
-                    "has_audio": bool(d[0].has_audio),
-                    "bounds_s": bounds,
-                    "duration_s": float(d[0].info.duration_s),
+                    "has_audio": bool(cs[0][1]),
+                    "bounds_s": np.concatenate([cs[0][0]] + [c[0][1:] for c in cs[1:]]),
+                    "duration_s": float(cs[0][3]),
+                    "decoder": "pyav" if any(c[2] == "pyav" for c in cs) else "decord",
                     "timings_ms": ms,
                 }
             )
+        if sum(len(c) for c in chunks) > 1:  # more than one chunk's frames were held
+            _release_memory()
         return out
 
 
@@ -347,6 +513,7 @@ class ScoreResponse(BaseModel):
     segments: list[Segment]
     has_audio: bool = Field(description="false: the clip has no audio track (scored anyway)")
     duration_s: float
+    decoder: str = Field(description="the decoder that read the clip's frames: decord or pyav")
     model: ModelId
     timings_ms: Timings
 
@@ -361,6 +528,18 @@ class ModelInfo(BaseModel):
     multilabel: bool
     feature_spec: dict[str, Any]
     metrics: dict[str, Any]
+    random_backbones: bool = Field(
+        description="true: Wav2Vec2 / MobileViT are randomly initialised (demo and tests); "
+        "the scores then test the pipeline, they mean nothing"
+    )
+    limits: "Limits"
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_clip_seconds: float = Field(description="0: no limit")
+    max_frame_pixels: int = Field(description="width x height; 0: no limit")
+    max_segments: int = Field(description="0: no limit")
 
 
 class Health(BaseModel):
@@ -384,7 +563,58 @@ api = FastAPI(
     description="Audio-visual anomaly recognition (AVAR-Net): upload a video clip, get its "
     "class, class probabilities and a per-segment anomaly timeline.",
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 503)}
+_BINARY = {"type": "string", "format": "binary"}
+_SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The video clip: a multipart upload with the file in field `file`, "
+        "or the file's bytes as the body (any container FFmpeg reads: MP4, WebM, MKV, AVI, "
+        "MOV, MPEG-PS/TS, ASF/WMV, Ogg).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {**_BINARY, "description": "the video file"}},
+                }
+            },
+            "application/octet-stream": {"schema": _BINARY},
+            "video/*": {"schema": _BINARY},
+        },
+    }
+}
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths (404), wrong methods (405): the same ``{"error": ...}`` body."""
+    response = error_response(exc.status_code, str(exc.detail))
+    for key, value in (exc.headers or {}).items():  # 405's Allow header
+        response.headers[key] = value
+    return response
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error_response(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+
+def _random_backbones(spec: dict[str, Any]) -> bool:
+    """Whether either backbone of a FeatureSpec is randomly initialised."""
+    names = (spec.get("audio_backbone") or "", spec.get("visual_weights") or "")
+    return any(str(n).startswith("random:") for n in names)
+
+
+class UploadRefused(Exception):
+    """An upload cut short: ``status`` and one line for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 @serve.deployment(
@@ -401,12 +631,24 @@ class Ingress:
         classifier: DeploymentHandle,
         ref: dict[str, Any],
         max_upload_mb: float,
+        limits: dict[str, Any] | None = None,
+        long_clip_seconds: float = 30.0,
+        idle_timeout_s: float = 30.0,
     ):
         self.encoder = encoder
         self.classifier = classifier
         self.ref = ModelRef(**ref)
         self.max_bytes = int(max_upload_mb * 1024 * 1024)
+        self.limits = ClipLimits(**(limits or {}))
+        self.long_clip_seconds = long_clip_seconds
+        self.idle_timeout_s = idle_timeout_s
+        self.files = _TempFiles()
         self.page = (STATIC / "index.html").read_text()
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        files = getattr(self, "files", None)
+        if files is not None:
+            files.remove_all()
 
     def _model_id(self) -> dict[str, str]:
         return {"name": self.ref.name, "version": self.ref.version, "uri": self.ref.uri}
@@ -430,56 +672,123 @@ class Ingress:
             "multilabel": bool(meta.get("multilabel", False)),
             "feature_spec": meta["feature_spec"],
             "metrics": meta.get("metrics", {}),
+            "random_backbones": _random_backbones(meta["feature_spec"]),
+            "limits": {
+                "max_upload_bytes": self.max_bytes,
+                "max_clip_seconds": self.limits.max_seconds,
+                "max_frame_pixels": self.limits.max_pixels,
+                "max_segments": self.limits.max_segments,
+            },
         }
 
-    async def _read_upload(self, request: Request) -> bytes | JSONResponse:
-        """The clip's bytes (multipart field ``file`` or the raw body), or an error."""
+    async def _body(self, request: Request):
+        """The request body's chunks, counted against the limit; a stall of more than
+        ``idle_timeout_s`` between two chunks ends the upload."""
+        chunks = request.stream().__aiter__()
+        received = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), self.idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UploadRefused(
+                    408,
+                    f"upload stalled: nothing received for {self.idle_timeout_s:g} s "
+                    f"after {received} bytes",
+                ) from None
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise UploadRefused(413, self._too_large(received))
+            yield chunk
+
+    async def _receive(self, request: Request, path: str) -> int:
+        """Stream the clip (multipart field ``file`` or the raw body) into ``path``, never
+        holding more than one chunk of it in memory. Returns its size in bytes."""
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                return error_response(400, "invalid Content-Length header")
+                raise UploadRefused(400, "invalid Content-Length header")
             if int(declared) > self.max_bytes:
-                return error_response(413, self._too_large(int(declared)))
-        body = bytearray()
-        async for part in request.stream():  # chunked uploads have no Content-Length
-            body += part
-            if len(body) > self.max_bytes:
-                return error_response(413, self._too_large(len(body)))
+                raise UploadRefused(413, self._too_large(int(declared)))
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            request._body = bytes(body)  # Starlette parses the form from the cached body
-            try:
-                form = await request.form()
-            except Exception as err:
-                return error_response(400, f"malformed multipart body: {err}")
+        if not ctype.startswith("multipart/form-data"):
+            size = 0
+            with open(path, "wb") as f:
+                async for chunk in self._body(request):
+                    f.write(chunk)
+                    size += len(chunk)
+            return size
+        # Starlette's parser spools file parts to disk past 1 MB; other fields are small.
+        parser = MultiPartParser(Headers(raw=request.scope["headers"]), self._body(request))
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            raise UploadRefused(400, f"malformed multipart body: {err.message}") from None
+        try:
             upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return error_response(400, "multipart upload without a file field named 'file'")
-            data = await upload.read()
-        else:
-            data = bytes(body)
-        if not data:
-            return error_response(400, "empty upload: send a video file (field 'file' or body)")
-        return data
+            if not isinstance(upload, UploadFile):
+                raise UploadRefused(400, "multipart upload without a file field named 'file'")
+            upload.file.seek(0)
+            with open(path, "wb") as f:
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, f, 1 << 20)
+                return f.tell()
+        finally:
+            await form.close()
 
     def _too_large(self, n: int) -> str:
         return f"upload of {n} bytes is over the limit of {self.max_bytes} bytes"
+
+    def _check_header(self, path: str) -> tuple[float | None, str]:
+        """The clip's length from its container header (``None``: not recorded) and the
+        container's name; :class:`UploadRefused` when it is no video or over a limit."""
+        from avarnet.data.decode import DecodeError, read_header
+
+        try:
+            header = read_header(path)
+        except DecodeError as err:
+            raise UploadRefused(415, _public(err.reason, path)) from None
+        problem = self.limits.problem(
+            duration_s=header.duration_s, width=header.width, height=header.height
+        )
+        if problem:
+            raise UploadRefused(413, problem)
+        return header.duration_s, header.container
 
     @api.post(
         "/v1/score",
         response_model=ScoreResponse,
         responses=_ERRORS,
         summary="Score one video clip",
-        description="Send the clip as a multipart upload (field `file`) or as the raw body.",
+        description="Send the clip as a multipart upload (field `file`) or as the raw body. "
+        "Clips over the service's limits (length, frame size, segments: see /v1/model) are "
+        "refused with 413 before they are decoded.",
+        openapi_extra=_SCORE_BODY,
     )
     async def score(self, request: Request) -> Any:
         t0 = time.perf_counter()
-        data = await self._read_upload(request)
-        if isinstance(data, JSONResponse):
-            return data
-        t1 = time.perf_counter()
+        path = self.files.new()
         try:
-            feats = await self.encoder.encode.remote(data)
+            size = await self._receive(request, path)
+            if size == 0:
+                raise UploadRefused(400, "empty upload: send a video file (field 'file' or body)")
+            duration_s, _ = await asyncio.to_thread(self._check_header, path)
+            data = await asyncio.to_thread(Path(path).read_bytes)
+        except UploadRefused as err:
+            return error_response(err.status, err.message)
+        except ClientDisconnect:
+            logger.info("client went away during its upload; nothing scored")
+            return error_response(400, "client disconnected")
+        finally:
+            self.files.remove(path)
+        t1 = time.perf_counter()
+        long = duration_s is None or duration_s > self.long_clip_seconds
+        try:
+            if long:
+                feats = await self.encoder.encode_long.remote(data)
+            else:
+                feats = await self.encoder.encode.remote(data)
+            del data
             if "error" in feats:
                 return error_response(feats["error"]["status"], feats["error"]["message"])
             pred = await self.classifier.predict.remote(feats)
@@ -505,6 +814,7 @@ class Ingress:
             "segments": segments,
             "has_audio": feats["has_audio"],
             "duration_s": feats["duration_s"],
+            "decoder": feats["decoder"],
             "model": self._model_id(),
             "timings_ms": {
                 "upload": 1e3 * (t1 - t0),
@@ -520,11 +830,53 @@ class Ingress:
 # --------------------------------------------------------------------------- the application
 
 
+def fit_resources(a: AppArgs, nodes: list[dict[str, Any]] | None = None) -> AppArgs:
+    """``a`` with per-replica CPUs chosen (where 0) and the Encoder's autoscaling ceiling
+    capped to what the cluster can hold, so that Serve never waits for a replica that
+    cannot be placed (on a 2-CPU laptop: Encoders of 0.5 CPU, at most 2 of them).
+
+    ``nodes``: ``ray.nodes()`` (default: the current cluster's, when Ray is initialised).
+    Without them, or with ``fit_resources`` off, only the zeros are replaced (1 CPU per
+    Encoder, 0.5 per Classifier) and the ceilings are left as asked.
+    """
+    if nodes is None and a.fit_resources:
+        import ray
+
+        nodes = ray.nodes() if ray.is_initialized() else None
+    alive = [n.get("Resources", {}) for n in (nodes or []) if n.get("Alive", True)]
+    cpus = [float(r.get("CPU", 0.0)) for r in alive]
+    small = bool(cpus) and max(cpus) < 4
+    encoder_cpus = a.encoder_cpus or (0.5 if small else 1.0)
+    classifier_cpus = a.classifier_cpus or (0.2 if small else 0.5)
+    out = dataclasses.replace(a, encoder_cpus=encoder_cpus, classifier_cpus=classifier_cpus)
+    if not a.fit_resources or not cpus:
+        return out
+    # What the other deployments may take at their ceilings (INGRESS_/CLASSIFIER_MAX).
+    room = sum(cpus) - INGRESS_MAX * INGRESS_CPUS - CLASSIFIER_MAX * classifier_cpus
+    fit = int(room / encoder_cpus + 1e-9)
+    if a.encoder_gpus > 0:
+        gpus = sum(float(r.get("GPU", 0.0)) for r in alive)
+        fit = min(fit, int(gpus / a.encoder_gpus + 1e-9))
+    ceiling = max(a.encoder_min_replicas, min(a.encoder_max_replicas, fit))
+    if ceiling < a.encoder_max_replicas:
+        logger.info(
+            "avarnet: Encoder replicas capped at %d (%.2g CPU each; the cluster has %.3g CPUs)",
+            ceiling,
+            encoder_cpus,
+            sum(cpus),
+        )
+    return dataclasses.replace(out, encoder_max_replicas=ceiling)
+
+
+INGRESS_CPUS, INGRESS_MAX, CLASSIFIER_MAX = 0.1, 2, 2
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The scoring application. ``args``: see :class:`AppArgs`."""
-    a = AppArgs.from_dict(dict(args or {}))
+    a = fit_resources(AppArgs.from_dict(dict(args or {})))
     ref = resolve_model(a.model, a.tracking_uri, a.output_dir)
     chunk_segments = int(ref.meta.get("config", {}).get("features", {}).get("chunk_segments", 32))
+    limits = asdict(a.limits())
     encoder = Encoder.options(
         ray_actor_options={"num_cpus": a.encoder_cpus, "num_gpus": a.encoder_gpus},
         max_ongoing_requests=max(8, 2 * a.max_batch_size),
@@ -541,8 +893,29 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         threads=a.threads,
         max_batch_size=a.max_batch_size,
         batch_wait_timeout_s=a.batch_wait_timeout_s,
+        limits=limits,
     )
-    classifier = Classifier.options(ray_actor_options={"num_cpus": a.classifier_cpus}).bind(
-        asdict(ref)
+    classifier = Classifier.options(
+        ray_actor_options={"num_cpus": a.classifier_cpus},
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": CLASSIFIER_MAX,
+            "target_ongoing_requests": 4,
+        },
+    ).bind(asdict(ref))
+    return Ingress.options(
+        ray_actor_options={"num_cpus": INGRESS_CPUS},
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": INGRESS_MAX,
+            "target_ongoing_requests": 16,
+        },
+    ).bind(
+        encoder,
+        classifier,
+        asdict(ref),
+        a.max_upload_mb,
+        limits=limits,
+        long_clip_seconds=a.long_clip_seconds,
+        idle_timeout_s=a.upload_idle_timeout_s,
     )
-    return Ingress.bind(encoder, classifier, asdict(ref), a.max_upload_mb)

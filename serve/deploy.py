@@ -23,9 +23,15 @@ def app_args(cfg, tracking_uri: str | None = None) -> dict[str, Any]:
         "tracking_uri": tracking_uri or resolve_tracking_uri(cfg.tracking, cfg.output_dir),
         "output_dir": str(Path(cfg.output_dir).resolve()),
         "max_upload_mb": sc.max_upload_mb,
+        "max_clip_seconds": sc.max_clip_seconds,
+        "max_frame_pixels": sc.max_frame_pixels,
+        "max_segments": sc.max_segments,
+        "long_clip_seconds": sc.long_clip_seconds,
+        "upload_idle_timeout_s": sc.upload_idle_timeout_s,
         "encoder_cpus": sc.encoder_cpus,
         "encoder_gpus": sc.encoder_gpus,
         "encoder_max_replicas": sc.encoder_max_replicas,
+        "fit_resources": sc.fit_resources,
     }
 
 
