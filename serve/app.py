@@ -197,7 +197,7 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
     """Pin ``model`` (an alias moves; a version does not) and read its metadata (only
     ``model.json``: the replicas load the weights)."""
     from avarnet.config import TrackingConfig
-    from avarnet.predictor import META_FILE, read_meta
+    from avarnet.predictor import read_meta
     from workflows import tracking
 
     if not model.startswith(("models:/", "runs:/")):
@@ -206,11 +206,11 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
         return ModelRef(str(folder), meta["model_name"], "local", model, tracking_uri, meta)
     uri = tracking_uri or tracking.resolve_tracking_uri(TrackingConfig(), _project_path(output_dir))
     if model.startswith("runs:/"):
-        meta = read_meta(tracking.download_model(model, uri, only=META_FILE).parent)
+        meta = tracking.read_model_meta(model, uri)
         return ModelRef(model, meta["model_name"], "run", model, uri, meta)
     info = tracking.model_version_info(model, uri)
     pinned = f"models:/{info['name']}/{info['version']}"
-    meta = read_meta(tracking.download_model(pinned, uri, only=META_FILE).parent)
+    meta = tracking.read_model_meta(pinned, uri)
     return ModelRef(pinned, info["name"], str(info["version"]), model, uri, meta)
 
 
@@ -548,9 +548,12 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    status: int
-    type: str
-    message: str
+    status: int = Field(description="the HTTP status, as in the response's status line")
+    type: str = Field(
+        description="the status's name, for programs",
+        json_schema_extra={"enum": sorted({*_ERROR_TYPES.values(), "error"})},
+    )
+    message: str = Field(description="what went wrong, in one line for people")
 
 
 class ErrorResponse(BaseModel):
@@ -563,7 +566,18 @@ api = FastAPI(
     description="Audio-visual anomaly recognition (AVAR-Net): upload a video clip, get its "
     "class, class probabilities and a per-segment anomaly timeline.",
 )
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 503)}
+_ERRORS = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        400: "Empty upload, malformed multipart body, or no multipart field `file`",
+        408: "The upload stalled (nothing received for `upload_idle_timeout_s`)",
+        413: "The upload is over `max_upload_bytes`, or the clip over a length, frame size "
+        "or segment limit (see /v1/model)",
+        415: "Not a video file",
+        422: "A video container whose streams cannot be decoded",
+        503: "Scoring is temporarily unavailable (a replica was lost); retry",
+    }.items()
+}
 _BINARY = {"type": "string", "format": "binary"}
 _SCORE_BODY = {
     "requestBody": {
@@ -777,7 +791,7 @@ class Ingress:
         except UploadRefused as err:
             return error_response(err.status, err.message)
         except ClientDisconnect:
-            logger.info("client went away during its upload; nothing scored")
+            logger.warning("client went away during its upload; nothing scored")
             return error_response(400, "client disconnected")
         finally:
             self.files.remove(path)
@@ -843,13 +857,15 @@ def fit_resources(a: AppArgs, nodes: list[dict[str, Any]] | None = None) -> AppA
         import ray
 
         nodes = ray.nodes() if ray.is_initialized() else None
+    if not a.fit_resources:
+        nodes = None
     alive = [n.get("Resources", {}) for n in (nodes or []) if n.get("Alive", True)]
     cpus = [float(r.get("CPU", 0.0)) for r in alive]
     small = bool(cpus) and max(cpus) < 4
     encoder_cpus = a.encoder_cpus or (0.5 if small else 1.0)
     classifier_cpus = a.classifier_cpus or (0.2 if small else 0.5)
     out = dataclasses.replace(a, encoder_cpus=encoder_cpus, classifier_cpus=classifier_cpus)
-    if not a.fit_resources or not cpus:
+    if not cpus:
         return out
     # What the other deployments may take at their ceilings (INGRESS_/CLASSIFIER_MAX).
     room = sum(cpus) - INGRESS_MAX * INGRESS_CPUS - CLASSIFIER_MAX * classifier_cpus

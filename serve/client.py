@@ -36,8 +36,18 @@ def score_file(
                 files={"file": (p.name, f, "application/octet-stream")},
                 timeout=timeout_s,
             )
+    except requests.ConnectionError:
+        raise ScoreError(
+            0,
+            f"cannot reach the scoring service at {url} (nothing answers there: is "
+            "`avarnet serve` running, and is the URL right?)",
+        ) from None
+    except requests.Timeout:
+        raise ScoreError(
+            0, f"the scoring service at {url} did not answer within {timeout_s:g} s"
+        ) from None
     except requests.RequestException as err:
-        raise ScoreError(0, f"cannot reach {url}: {err}") from None
+        raise ScoreError(0, f"cannot reach {url}: {type(err).__name__}") from None
     try:
         body = r.json()
     except ValueError:

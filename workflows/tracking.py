@@ -33,6 +33,7 @@ __all__ = [
     "reopen_run",
     "trial_run",
     "download_model",
+    "read_model_meta",
     "log_epoch",
     "register_model",
     "resolve_tracking_uri",
@@ -357,4 +358,17 @@ def load_predictor(
     from avarnet.predictor import Predictor
 
     resolved = tracking_uri or resolve_tracking_uri(TrackingConfig(), output_dir)
-    return Predictor.load(uri, resolver=lambda u: download_model(u, resolved), device=device)
+    # The weights are read into memory: the downloaded copy is removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="avarnet-model-") as tmp:
+        return Predictor.load(
+            uri, resolver=lambda u: download_model(u, resolved, dst=tmp), device=device
+        )
+
+
+def read_model_meta(uri: str, tracking_uri: str) -> dict[str, Any]:
+    """The ``model.json`` of a registered or logged model (nothing else downloaded, and
+    nothing left behind)."""
+    from avarnet.predictor import META_FILE, read_meta
+
+    with tempfile.TemporaryDirectory(prefix="avarnet-model-") as tmp:
+        return read_meta(download_model(uri, tracking_uri, dst=tmp, only=META_FILE).parent)

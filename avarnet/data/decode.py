@@ -343,6 +343,10 @@ def _read_streams(path: str) -> _Streams:
         # and a playlist would send it after other files.
         raise DecodeError(path, _unreadable_reason(path))
     with _open_av(path) as container:
+        fmt = str(container.format.name)
+        if fmt.endswith("_pipe") or fmt in ("image2", "apng"):  # FFmpeg's image demuxers
+            kind = fmt.removesuffix("_pipe").upper()
+            raise DecodeError(path, f"a still image ({kind}), not a video")
         if not container.streams.video:
             audio_only = " (audio only)" if container.streams.audio else ""
             raise DecodeError(path, f"no video stream{audio_only}")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def test_serve_cli_runs_until_ctrl_c_and_shuts_down(registered_model, bench_rows
         str(port),
         f"output_dir={tmp_path}",
     ]
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("avarnet-*"))
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -73,3 +76,15 @@ def test_serve_cli_runs_until_ctrl_c_and_shuts_down(registered_model, bench_rows
     assert "shutting the service down" in err
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/v1/health", timeout=5)
+    # Nothing left in the temporary directory (uploads, folders).
+    assert set(tmp.glob("avarnet-*")) <= before
+    # Scoring against the closed port: one line in plain words, exit status 1 or 2.
+    gone = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "score", bench_rows[0]["path"], "--url", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gone.returncode != 0 and "nothing answers there" in gone.stderr
+    assert "Max retries" not in gone.stderr and "Traceback" not in gone.stderr

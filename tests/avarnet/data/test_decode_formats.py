@@ -320,7 +320,18 @@ BAD_INPUT = {
     "audio_only": ("tone.m4a", _audio_only, "no video stream (audio only)"),
     "unknown_codec": ("odd.mkv", _unknown_codec, "not supported"),
     "directory": ("folder.mp4", lambda p: p.mkdir(), "directory"),
+    # One picture is no clip (a 1x1 PNG once came back as a 1-frame, 0.04 s "video").
+    "png": ("still.mp4", lambda p: _image(p, "PNG"), "a still image (PNG), not a video"),
+    "jpeg": ("still.jpg", lambda p: _image(p, "JPEG"), "a still image (JPEG), not a video"),
 }
+
+
+def _image(path, fmt: str) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(path, fmt)
+
+
 LEAKS = (".cc:", "Check failed", "Errno", "errno", "/github/", "DECORD", "Traceback", "\n")
 
 
