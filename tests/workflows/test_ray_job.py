@@ -174,14 +174,12 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     # ... until an operator removes it, as the README says.
     _serve_cli(["shutdown", "--address", address, "--yes"], env)
 
-    # An operator deploys the service from serve/config.yaml (this test's store and port,
-    # CPUs scaled to the 2-CPU head node), then removes it again.
+    # An operator deploys the service from serve/config.yaml (this test's store and port;
+    # the replicas fit themselves to the 2-CPU head node), then removes it again.
     cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     cfg["http_options"] = {"host": "127.0.0.1", "port": head_node.serve_port}
     app = cfg["applications"][0]
     app["args"]["tracking_uri"] = uri
-    for dep in app["deployments"]:
-        dep["ray_actor_options"]["num_cpus"] = min(dep["ray_actor_options"]["num_cpus"], 0.5)
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump(cfg))
     _serve_cli(["deploy", str(config), "--address", address], env)
