@@ -34,6 +34,7 @@ os.chdir({str(tmp_path)!r})
 import avarnet, avarnet.config, avarnet.data.decode, avarnet.data.manifest, avarnet.data.synthetic
 import avarnet.features.spec, avarnet.features.backbones, avarnet.features.table
 import avarnet.models, avarnet.metrics, avarnet.predictor, avarnet.evaluation, avarnet.batching
+import avarnet.scoring
 assert os.listdir('.') == [], os.listdir('.')
 print('ok')
 """

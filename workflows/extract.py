@@ -229,6 +229,7 @@ class ChunkEncoder:
             "fps": batch["fps"],
             "has_audio": batch["has_audio"],
             "decoder": batch["decoder"],
+            "bounds_s": batch["bounds_s"],
             "audio_feat": _ragged(audio_feats),
             "visual_feat": _ragged(visual_feats),
             "stage": np.asarray(stages, dtype=object),
@@ -243,16 +244,35 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-class _Assembler:
-    """Joins chunk features into clip rows and flushes them to part files."""
+class _PartWriter:
+    """Buffers finished clip rows and writes them as part files, ``flush`` at a time."""
 
-    def __init__(self, rows_by_id: dict[str, dict], out_dir: Path, spec: FeatureSpec, flush: int):
-        self.rows_by_id = rows_by_id
-        self.out_dir = out_dir
-        self.spec = spec
-        self.flush_every = flush
-        self.pending: dict[str, dict[int, dict]] = {}
+    def __init__(self, out_dir: Path, spec: FeatureSpec, flush: int):
+        self.out_dir, self.spec, self.flush_every = out_dir, spec, flush
         self.ready: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.ready.append(row)
+        if len(self.ready) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ready:
+            ft.write_part(self.ready, self.out_dir, self.spec)
+            self.ready = []
+
+
+class Assembler:
+    """Joins the chunk features of each clip, in whatever order they arrive, into one clip
+    row (the manifest row + ``audio``, ``visual``, ``bounds_s``, ``has_audio``, ``decoder``,
+    ``duration_s``, ``segment_gt``) and hands it to ``on_clip``; failed clips go to
+    ``errors``."""
+
+    def __init__(self, rows_by_id: dict[str, dict], spec: FeatureSpec, on_clip):
+        self.rows_by_id = rows_by_id
+        self.spec = spec
+        self.on_clip = on_clip
+        self.pending: dict[str, dict[int, dict]] = {}
         self.errors: list[dict] = []
         self.failed: set[str] = set()
         self.ok = 0
@@ -286,26 +306,22 @@ class _Assembler:
         audio = np.concatenate([np.asarray(p["audio_feat"], np.float32) for p in ordered])
         visual = np.concatenate([np.asarray(p["visual_feat"], np.float32) for p in ordered])
         opts = self.spec.decode_options()
+        bounds = [np.asarray(p["bounds_s"], np.float64) for p in ordered]
         row.update(
             audio=audio,
             visual=visual,
+            bounds_s=np.concatenate([bounds[0]] + [b[1:] for b in bounds[1:]]),
             has_audio=bool(item["has_audio"]),
             # PyAV when it took over part of the clip from decord (see avarnet.data.decode)
             decoder="pyav" if any(p["decoder"] == "pyav" for p in ordered) else "decord",
             duration_s=float(item["duration_s"]),
+            fps=float(item["fps"]),
             segment_gt=_segment_gt(row, len(visual), float(item["fps"]), opts),
         )
-        self.ready.append(row)
         self.ok += 1
         self.clip_seconds += row["duration_s"]
-        if len(self.ready) >= self.flush_every:
-            self.flush()
+        self.on_clip(row)
         return True
-
-    def flush(self) -> None:
-        if self.ready:
-            ft.write_part(self.ready, self.out_dir, self.spec)
-            self.ready = []
 
 
 def _segment_gt(row: dict, n_segments: int, fps: float, opts: DecodeOptions) -> np.ndarray:
@@ -367,6 +383,43 @@ def _check_out_dir(out_dir: Path, spec: FeatureSpec) -> None:
             ) from None
 
 
+def encoded_chunks(
+    rows: list[dict],
+    spec: FeatureSpec,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    decode_cpus: float = 1.0,
+    decode_workers: int | None = None,
+    encoder_cpus: float = 1.0,
+    clips_per_task: int = 1,
+    chunk_segments: int = 32,
+    batch_size: int = 4,
+    threads_per_worker: int | None = None,
+):
+    """The Ray Data pipeline shared by extraction and batch scoring: manifest rows ->
+    decode tasks (CPUs; chunk by chunk, bounded memory) -> encoder actors (GPUs when
+    given) -> one row per chunk with its features, or an error row. Lazy: nothing runs
+    until it is iterated (:class:`Assembler` joins a clip's chunks)."""
+    import ray
+
+    opts = spec.decode_options(chunk_segments=chunk_segments)
+    items = [{"video_id": r["video_id"], "path": r["path"]} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
+    ds = ds.flat_map(
+        decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus, concurrency=decode_workers
+    )
+    return ds.map_batches(
+        ChunkEncoder,
+        fn_constructor_kwargs={"spec_json": spec.to_json(), "threads": threads_per_worker},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus_per_worker,
+        num_cpus=encoder_cpus,
+    )
+
+
 def run_extract(
     rows: list[dict],
     out_dir: str | os.PathLike,
@@ -395,7 +448,6 @@ def run_extract(
     Ray must be initialised by the caller (``ray.init`` or a job's cluster). ``logger`` is an
     optional :class:`workflows.tracking.RunLogger` that receives params, metrics, artifacts.
     """
-    import ray
 
     from workflows import console
 
@@ -408,23 +460,22 @@ def run_extract(
     rows_by_id = {r["video_id"]: r for r in todo}
     if logger is not None:
         logger.log_params({"feature_spec": spec.to_dict(), "workers": workers, "clips": len(rows)})
-    asm = _Assembler(rows_by_id, out, spec, flush_clips)
+    writer = _PartWriter(out, spec, flush_clips)
+    asm = Assembler(rows_by_id, spec, writer.add)
     startup_s = 0.0
     if todo:
-        opts = spec.decode_options(chunk_segments=chunk_segments)
-        items = [{"video_id": r["video_id"], "path": r["path"]} for r in todo]
-        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
-        ds = ds.flat_map(
-            decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus, concurrency=decode_workers
-        )
-        ds = ds.map_batches(
-            ChunkEncoder,
-            fn_constructor_kwargs={"spec_json": spec.to_json(), "threads": threads_per_worker},
+        ds = encoded_chunks(
+            todo,
+            spec,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            decode_cpus=decode_cpus,
+            decode_workers=decode_workers,
+            encoder_cpus=encoder_cpus,
+            clips_per_task=clips_per_task,
+            chunk_segments=chunk_segments,
             batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_gpus=gpus_per_worker,
-            num_cpus=encoder_cpus,
+            threads_per_worker=threads_per_worker,
         )
         bar = console.progress_bar(len(todo), "extract", "clip", disable=not progress)
         try:
@@ -433,7 +484,7 @@ def run_extract(
                     bar.update(1)
                     startup_s = startup_s or time.perf_counter() - t0
         finally:
-            asm.flush()  # keep what finished, even when interrupted
+            writer.flush()  # keep what finished, even when interrupted
             bar.close()
     errors = plan.failed_before + asm.errors
     ft.write_errors(errors, out)

@@ -68,7 +68,12 @@ __all__ = [
     "write_manifest_csv",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+VIDEO_EXTENSIONS = (
+    ".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v",
+    # containers the PyAV fallback reads (see avarnet.data.decode)
+    ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".vob", ".wmv", ".asf", ".ogv", ".ogg", ".flv",
+    ".3gp",
+)  # fmt: skip
 SPLITS = ("train", "val", "test")
 FORMATS = ("auto", "folders", "csv", "xd-violence")
 CSV_COLUMNS = ("video_id", "path", "label", "labels", "split", "gt_intervals", "gt_available")

@@ -285,3 +285,36 @@ def test_service_recovers_from_a_killed_encoder_replica(service, bench_rows):
     for _ in range(3):  # and it keeps working
         r = requests.post(url, files={"file": (path.name, path.read_bytes())}, timeout=60)
         assert r.status_code == 200
+
+
+def test_batch_predict_gives_what_the_service_gives(service, bench_rows, tmp_path):
+    """`avarnet predict`'s pipeline (Ray Data decode tasks -> encoder actors -> Predictor)
+    and the service (Encoder -> Classifier deployments), same model, same clips."""
+    from workflows.predict import load_model, read_scores, run_predict
+
+    rows = [dict(r, label="") for r in bench_rows[:3]]
+    predictor, model = load_model("models:/avarnet@champion", service["tracking_uri"], tmp_path)
+    summary = run_predict(rows, tmp_path / "out", predictor, model, progress=False)
+    assert summary.clips_ok == 3
+    batch = {r["video_id"]: r for r in read_scores(tmp_path / "out", model)}
+    for row in rows:
+        with open(row["path"], "rb") as f:
+            online = requests.post(
+                f"{service['url']}/v1/score", files={"file": f}, timeout=120
+            ).json()
+        offline = batch[row["video_id"]]
+        assert online["model"]["version"] == model.version == offline["model_version"]
+        assert online["label"] == offline["label"]
+        np.testing.assert_allclose(
+            [online["probabilities"][c] for c in predictor.labels],
+            [offline["probabilities"][c] for c in predictor.labels],
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            [s["anomaly_score"] for s in online["segments"]],
+            [s["anomaly_score"] for s in offline["segments"]],
+            atol=1e-5,
+        )
+        assert [s["start_s"] for s in online["segments"]] == [
+            s["start_s"] for s in offline["segments"]
+        ]

@@ -83,6 +83,47 @@ def test_relative_output_dir_is_refused_inside_a_job(head_node):
     assert "absolute path" in logs and "Traceback" not in logs
 
 
+def test_batch_scoring_as_a_ray_job(head_node, bench_rows, tiny_spec, tmp_path):
+    """`avarnet predict` submitted as the README says: a folder of footage scored on the
+    cluster, outputs on (here: local, absolute) shared storage."""
+    import shutil
+
+    from avarnet.predictor import seeded_artifact
+    from workflows.predict import read_scores
+
+    footage = tmp_path / "footage" / "cam"
+    footage.mkdir(parents=True)
+    for r in bench_rows[:3]:
+        shutil.copy(r["path"], footage / Path(r["path"]).name)
+    labels = sorted({r["label"] for r in bench_rows})
+    model = seeded_artifact(tmp_path / "model", "avarnet_tiny", tiny_spec, labels)
+    out = tmp_path / "scored"
+    res = head_node.ray(
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "workflows.predict",
+        str(footage.parent),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-2000:])
+    assert head_node.job_status(_job_id(res)) == "SUCCEEDED"
+    assert len(read_scores(out)) == 3
+    assert (out / "events.csv").exists() and (out / "report.html").exists()
+    assert "scored 3 clips" in res.stdout and "Traceback" not in res.stdout + res.stderr
+
+
 def test_pipeline_as_a_ray_job(head_node, tmp_path):
     """`ray job stop` during extraction, then the same job submitted again: the first
     parent run ends KILLED, the second resumes from the stage markers and finishes."""
