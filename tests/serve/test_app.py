@@ -294,7 +294,10 @@ def test_batch_predict_gives_what_the_service_gives(service, bench_rows, tmp_pat
 
     rows = [dict(r, label="") for r in bench_rows[:3]]
     predictor, model = load_model("models:/avarnet@champion", service["tracking_uri"], tmp_path)
-    summary = run_predict(rows, tmp_path / "out", predictor, model, progress=False)
+    # Beside the service on the session's 2 CPUs: half a CPU per decode task and actor.
+    summary = run_predict(
+        rows, tmp_path / "out", predictor, model, progress=False, encoder_cpus=0.5, decode_cpus=0.5
+    )
     assert summary.clips_ok == 3
     batch = {r["video_id"]: r for r in read_scores(tmp_path / "out", model)}
     for row in rows:
