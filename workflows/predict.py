@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from avarnet.features import table as ft
 from workflows.errors import CliError
+from workflows.extract import ExtractSummary
 
 __all__ = [
     "ModelId",
@@ -347,37 +348,17 @@ def plan_predict(
 
 
 @dataclass
-class PredictSummary:
-    out_dir: str
-    model: dict[str, str]
-    clips_total: int
-    clips_ok: int
-    clips_skipped: int
-    clips_failed: int
-    clips_failed_before: int
-    clip_seconds: float
-    wall_seconds: float
-    startup_seconds: float
-    events: int
-    errors: list[dict] = field(default_factory=list)
+class PredictSummary(ExtractSummary):
+    """An extraction's counts (clips ok, skipped, failed, clip-seconds per second) plus the
+    model that scored and the events found."""
 
-    @property
-    def clip_seconds_per_s(self) -> float:
-        return self.clip_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+    model: dict[str, str] = field(default_factory=dict)
+    events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "out_dir": self.out_dir,
+            **super().to_dict(),
             "model": self.model,
-            "clips_total": self.clips_total,
-            "clips_ok": self.clips_ok,
-            "clips_skipped": self.clips_skipped,
-            "clips_failed": self.clips_failed,
-            "clips_failed_before": self.clips_failed_before,
-            "clip_seconds": round(self.clip_seconds, 3),
-            "wall_seconds": round(self.wall_seconds, 3),
-            "clip_seconds_per_s": round(self.clip_seconds_per_s, 3),
-            "startup_seconds": round(self.startup_seconds, 3),
             "events": self.events,
             "scores": str(Path(self.out_dir) / SCORES_DIR),
             "events_csv": str(Path(self.out_dir) / EVENTS_FILE),
