@@ -753,9 +753,9 @@ class Ingress:
     def _too_large(self, n: int) -> str:
         return f"upload of {n} bytes is over the limit of {self.max_bytes} bytes"
 
-    def _check_header(self, path: str) -> tuple[float | None, str]:
-        """The clip's length from its container header (``None``: not recorded) and the
-        container's name; :class:`UploadRefused` when it is no video or over a limit."""
+    def _check_header(self, path: str) -> float | None:
+        """The clip's length from its container header (``None``: not recorded);
+        :class:`UploadRefused` when it is no video or over a limit."""
         from avarnet.data.decode import DecodeError, read_header
 
         try:
@@ -767,7 +767,7 @@ class Ingress:
         )
         if problem:
             raise UploadRefused(413, problem)
-        return header.duration_s, header.container
+        return header.duration_s
 
     @api.post(
         "/v1/score",
@@ -786,7 +786,7 @@ class Ingress:
             size = await self._receive(request, path)
             if size == 0:
                 raise UploadRefused(400, "empty upload: send a video file (field 'file' or body)")
-            duration_s, _ = await asyncio.to_thread(self._check_header, path)
+            duration_s = await asyncio.to_thread(self._check_header, path)
             data = await asyncio.to_thread(Path(path).read_bytes)
         except UploadRefused as err:
             return error_response(err.status, err.message)

@@ -129,3 +129,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Launches Debian's headless Chromium from a Playwright instance: ``chromium(pw)``.
+    Skips when it is not installed, fails instead under AVARNET_REQUIRE_BROWSER (make test
+    installs it)."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("AVARNET_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+
+    def launch(pw):
+        return pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_FLAGS))
+
+    return launch

@@ -354,8 +354,16 @@ def plan_extract(
     actors). Raises FeatureSpecMismatch when ``out_dir`` holds another spec's features."""
     out = Path(out_dir)
     _check_out_dir(out, spec)
-    done = ft.done_video_ids(out)
-    before = {} if retry_failed else {e["video_id"]: e for e in ft.read_errors(out)}
+    return split_todo(rows, ft.done_video_ids(out), out, retry_failed=retry_failed)
+
+
+def split_todo(
+    rows: list[dict], done: set[str], out_dir: Path, *, retry_failed: bool = False
+) -> ExtractPlan:
+    """``rows`` less the ``done`` ids and the clips in ``out_dir``'s error table whose file
+    has not changed since it failed (unless ``retry_failed``): extraction's and batch
+    scoring's plan."""
+    before = {} if retry_failed else {e["video_id"]: e for e in ft.read_errors(out_dir)}
     todo, failed = [], []
     for r in rows:
         if r["video_id"] in done:

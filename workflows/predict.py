@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +44,8 @@ import pyarrow.parquet as pq
 
 from avarnet.features import table as ft
 from workflows.errors import CliError
-from workflows.extract import ExtractSummary
+from workflows.extract import ExtractPlan, ExtractSummary, split_todo
+from workflows.tracking import write_json
 
 __all__ = [
     "ModelId",
@@ -242,13 +243,6 @@ def clip_answer(row: dict, pred, labels: list[str], model: ModelId, timings=None
     }
 
 
-def _write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 class _Outputs:
     """Writes each scored clip (JSON, frame scores) at once and its Parquet row in parts."""
 
@@ -259,7 +253,7 @@ class _Outputs:
 
     def add(self, answer: dict, fps: float) -> None:
         vid = answer["video_id"]
-        _write_json(answer, self.out / JSON_DIR / self.model.key / f"{vid}.json")
+        write_json(answer, self.out / JSON_DIR / self.model.key / f"{vid}.json")
         if self.frame_scores:
             from avarnet.scoring import frame_scores
 
@@ -317,31 +311,13 @@ def read_scores(out: str | os.PathLike, model: ModelId | None = None) -> list[di
 # --------------------------------------------------------------------------- planning
 
 
-@dataclass
-class PredictPlan:
-    todo: list[dict]
-    done: int
-    failed_before: list[dict]
-
-
 def plan_predict(
     rows: list[dict], out: str | os.PathLike, model: ModelId, *, retry_failed: bool = False
-) -> PredictPlan:
+) -> ExtractPlan:
     """What is left: clips this model version has not scored, and failed files that have
     changed since (or all failed ones, with ``retry_failed``)."""
     done = {r["video_id"] for r in read_scores(out, model)}
-    before = {} if retry_failed else {e["video_id"]: e for e in ft.read_errors(out)}
-    todo, failed = [], []
-    for r in rows:
-        if r["video_id"] in done:
-            continue
-        e = before.get(r["video_id"])
-        unchanged = e is not None and e["path"] == r["path"]
-        if unchanged and e["fingerprint"] == ft.file_fingerprint(r["path"]):
-            failed.append(e)
-            continue
-        todo.append(r)
-    return PredictPlan(todo, len(rows) - len(todo) - len(failed), failed)
+    return split_todo(rows, done, Path(out), retry_failed=retry_failed)
 
 
 # --------------------------------------------------------------------------- running
@@ -544,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m workflows.predict ...`` is ``avarnet predict ...`` (for ``ray job submit``)."""
     from workflows.cli import main as cli_main
 
-    return cli_main(["predict", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return cli_main(["predict", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -187,31 +187,14 @@ def test_score_cli_against_the_service(service, bench_rows):
     assert bad.returncode == 2 and "HTTP 415" in bad.stderr and "Traceback" not in bad.stderr
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def test_web_page_uploads_a_clip_and_shows_the_result(service, bench_rows, tmp_path):
+def test_web_page_uploads_a_clip_and_shows_the_result(service, bench_rows, tmp_path, chromium):
     """Headless Chromium (Debian's package, installed by `make test`) drives the page."""
-    import os
 
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("AVARNET_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     path = _clip(bench_rows, audio=True)
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = chromium(pw)
         try:
             page = browser.new_page()
             page.goto(f"{service['url']}/")

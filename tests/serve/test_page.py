@@ -12,17 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 FFMPEG = "/usr/bin/ffmpeg"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCORE_TIMEOUT_MS = 120_000
 PX = 0.75  # tolerance in CSS/viewBox pixels (the chart is drawn 1:1 to its container)
 
@@ -35,13 +25,12 @@ def _require(path: str, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(chromium):
     """One headless Chromium for the module."""
-    _require(CHROMIUM, "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        b = chromium(pw)
         try:
             yield b
         finally:

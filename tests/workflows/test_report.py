@@ -7,7 +7,6 @@ No Ray: the page is written from hand-made clip dicts (the scoring service's ans
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 
@@ -18,16 +17,6 @@ from workflows.report import write_report
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 THRESHOLD = 0.5
 EVIL_LABEL = "Riot</script><script>window.pwned=1</script><!--"
 
@@ -105,11 +94,7 @@ def test_report_file_is_self_contained(report):
 
 
 @pytest.mark.parametrize("width", [390, 1280])
-def test_report_page_in_chromium(report, width, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("AVARNET_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+def test_report_page_in_chromium(report, width, tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     clips, events, out = report
@@ -117,7 +102,7 @@ def test_report_page_in_chromium(report, width, tmp_path):
     n_events = {c["video_id"]: sum(e.video_id == c["video_id"] for e in events) for c in clips}
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = chromium(pw)
         try:
             page = browser.new_page(viewport={"width": width, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
