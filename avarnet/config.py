@@ -136,6 +136,28 @@ class TrainConfig:
     seed: int = 0
     max_failures: int = 1
     max_segments: int = 512  # longer clips are cut to this many steps for training
+    # The recipe (avarnet.training): label smoothing of the classification term, a linear
+    # warm-up then a constant or cosine learning rate, gradient clipping, early stopping.
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.0  # where the cosine schedule ends, as a fraction of lr
+    grad_clip: float | None = None
+    patience: int | None = None  # stop after this many epochs without a better val score
+    # Several seeds: one model each, metrics as mean and std, the best on validation
+    # registered (None: just ``seed``).
+    seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("train.schedule", self.schedule, ("constant", "cosine"))
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"train.label_smoothing: expected 0 <= s < 1, got {self.label_smoothing}"
+            )
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"train.patience: expected >= 1 or null, got {self.patience}")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError("train.seeds: give at least one seed, or null")
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,):
+        (arg, _) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [v for v in str(value).split(",") if v.strip()]  # "0,1,2" on a CLI
+            value = [yaml.safe_load(v) for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

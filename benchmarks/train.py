@@ -34,48 +34,33 @@ from avarnet.config import load_config  # noqa: E402
 
 
 def _plain_loop(cfg, features: Path, epochs: int) -> list[float]:
-    """Seconds per epoch of the plain loop (train + validation pass)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Seconds per epoch of the plain loop (train + validation pass): the library's own
+    training step (:mod:`avarnet.training`) on tables in memory."""
+    import dataclasses
+
     import torch
 
-    from avarnet.features import table as ft
+    from avarnet import training as T
     from avarnet.models import create_model
-    from avarnet.models.losses import avarnet_loss
-    from workflows.train import _collate, _evaluate_batches, check_training_data, model_kwargs
+    from workflows.train import check_training_data, model_kwargs
 
     facts = check_training_data(features)
     labels = facts.labels
     normal = labels.index("Normal") if "Normal" in labels else None
-    cols = ["label", "labels", "split", "audio", "visual", "has_audio"]
-    table = pa.concat_tables(pq.read_table(p, columns=cols) for p in ft.part_files(features))
-    train = table.filter(pc.equal(table["split"], "train"))
-    val = table.filter(pc.equal(table["split"], "val"))
+    tables = T.read_split_tables(features)
     torch.manual_seed(cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
     kwargs = model_kwargs(cfg, facts.spec, len(labels), normal, facts.multilabel)
     model = create_model(cfg.model.name, **kwargs)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=1e-4)
-    bs = cfg.train.batch_size
-    loop_cfg = {"batch_size": bs, "labels": labels, "multilabel": False, "smoothing_weight": 0.15}
+    recipe = dataclasses.replace(T.Recipe.from_config(cfg.train), epochs=epochs, patience=None)
     times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = rng.permutation(train.num_rows)
-        for i in range(0, len(order), bs):
-            batch, targets = _collate(
-                train.take(order[i : i + bs]), labels, False, cfg.train.max_segments, rng
-            )
-            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
-            loss, _ = avarnet_loss(out, targets, batch.mask, smoothing_weight=0.15)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-        batches = (val.slice(i, bs) for i in range(0, val.num_rows, bs))
-        _evaluate_batches(model, batches, loop_cfg, torch.device("cpu"))
+    t0 = time.perf_counter()
+
+    def on_epoch(metrics, best, optimizer) -> None:
+        nonlocal t0
         times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+
+    T.fit(model, tables["train"], tables["val"], recipe, labels=labels, on_epoch=on_epoch)
     return times
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,27 +151,6 @@ def check_training_data(
 
 
 # ----------------------------------------------------------------------------- worker side
-def _collate(table, labels: list[str], multilabel: bool, max_len: int | None, rng):
-    """A pyarrow batch of feature rows -> (Batch, targets)."""
-    import torch
-
-    from avarnet.batching import pad_batch
-
-    audio = ft.nested_to_numpy(table.column("audio"))
-    visual = ft.nested_to_numpy(table.column("visual"))
-    has_audio = table.column("has_audio").to_pylist()
-    batch = pad_batch(audio, visual, has_audio, max_len=max_len, rng=rng)
-    index = {name: i for i, name in enumerate(labels)}
-    if multilabel:
-        targets = torch.zeros(len(audio), len(labels))
-        for i, ls in enumerate(table.column("labels").to_pylist()):
-            for name in ls:
-                targets[i, index[name]] = 1.0
-    else:
-        targets = torch.tensor([index[name] for name in table.column("label").to_pylist()])
-    return batch, targets
-
-
 class _CachedShard:
     """A worker's dataset shard, read through Ray Data in the first epoch and kept in
     memory (up to ``max_bytes``; 0 disables) for the next ones: a feature table is small
@@ -216,57 +194,18 @@ class _CachedShard:
             )
 
 
-def _evaluate_batches(model, batches, cfg: dict, device) -> dict[str, float]:
-    """Validation loss, accuracy and macro-F1 over pyarrow batches of feature rows."""
-    import torch
-
-    from avarnet.metrics import classification_metrics
-    from avarnet.models.losses import avarnet_loss
-
-    model.eval()
-    y_true: list[int] = []
-    y_pred: list[int] = []
-    losses: list[float] = []
-    with torch.inference_mode():
-        for table in batches:
-            batch, targets = _collate(table, cfg["labels"], cfg["multilabel"], None, None)
-            batch, targets = batch.to(device), targets.to(device)
-            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
-            loss, _ = avarnet_loss(
-                out,
-                targets,
-                batch.mask,
-                multilabel=cfg["multilabel"],
-                smoothing_weight=cfg["smoothing_weight"],
-            )
-            losses.append(float(loss) * len(targets))
-            pred = out["clip_logits"].argmax(-1).cpu().numpy()
-            true = targets.argmax(-1) if cfg["multilabel"] else targets
-            y_pred.extend(pred.tolist())
-            y_true.extend(true.cpu().numpy().tolist())
-    if not y_true:
-        return {}
-    m = classification_metrics(np.array(y_true), np.array(y_pred), cfg["labels"])
-    val_loss = float(np.sum(losses) / len(y_true))
-    return {
-        "val_loss": val_loss,
-        "val_accuracy": float(m["accuracy"]),
-        "val_macro_f1": float(m["macro_f1"]),
-        # What Tune's scheduler ranks: macro-F1, ties (frequent on small validation sets)
-        # broken by the loss.
-        "val_score": float(m["macro_f1"]) - 1e-3 * min(val_loss, 100.0),
-    }
-
-
 def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train loop (runs on every worker). ``config`` is plain data (see
-    :func:`build_trainer`)."""
+    """The Ray Train loop (runs on every worker): what is Ray's — the dataset shards, the
+    checkpoints a restarted worker resumes from, the reports. The optimisation itself is
+    :mod:`avarnet.training`'s. ``config`` is plain data (see :func:`build_trainer`);
+    ``config["epoch_hook"]``, when set, is called with each epoch number before it runs
+    (tests inject worker failures there)."""
     import ray.train
     import ray.train.torch
     import torch
 
+    from avarnet import training as T
     from avarnet.models import create_model
-    from avarnet.models.losses import avarnet_loss
     from workflows.runtime import quiet_driver
 
     quiet_driver()  # this worker's Ray Data and Ray Train INFO lines would reach the driver
@@ -275,86 +214,90 @@ def train_loop_per_worker(config: dict) -> None:
     threads = config.get("threads")
     if threads is not None:
         torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"] + 7919 * rank)
+    recipe = T.Recipe.from_dict(config["recipe"])
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed + 7919 * rank)
     model = create_model(config["model_name"], **config["model_kwargs"])
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    optim = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
-    )
-    start_epoch, best = 0, {"val_macro_f1": -1.0, "epoch": -1}
-    best_state = None
+    optim = T.make_optimizer(model, recipe)
+    start_epoch, best = 0, T.BestTracker(recipe.patience)
     with _resume_checkpoint(config["checkpoint_root"], ray.train.get_checkpoint()) as d:
         if d is not None:
             _unwrap(model).load_state_dict(torch.load(d / "model.pt", map_location=device))
             optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
             state = json.loads((d / "state.json").read_text())
             best_state = torch.load(d / "best_model.pt", map_location="cpu")
-            start_epoch, best = state["epoch"] + 1, state["best"]
+            best = T.BestTracker.from_dict(state["best"], recipe.patience, best_state)
+            start_epoch = state["epoch"] + 1
     cache_bytes = int(config.get("cache_mb", 0) * 2**20)
     train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
     val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
-    for epoch in range(start_epoch, config["epochs"]):
-        fail_at = config.get("fail_once_at_epoch")
-        if fail_at is not None and epoch == fail_at and not os.path.exists(config["fail_marker"]):
-            Path(config["fail_marker"]).write_text("failed once")
-            if config.get("fail_by_kill"):  # the worker process dies, as on a lost node
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError(f"injected failure at epoch {epoch} (fault-tolerance test)")
-        model.train()
-        t0 = time.perf_counter()
-        total, count = 0.0, 0
-        for table in train_data.batches(config["batch_size"], seed=config["seed"] + epoch):
-            batch, targets = _collate(
-                table, config["labels"], config["multilabel"], config["max_segments"], rng
+    labels, multilabel = config["labels"], config["multilabel"]
+    hook = config.get("epoch_hook")
+    for epoch in range(start_epoch, recipe.epochs):
+        if hook is not None:
+            hook(epoch)
+        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics.update(
+            T.train_epoch(
+                model,
+                train_data.batches(recipe.batch_size, seed=recipe.seed + epoch),
+                optim,
+                recipe,
+                epoch=epoch,
+                labels=labels,
+                multilabel=multilabel,
+                rng=rng,
+                device=device,
             )
-            batch, targets = batch.to(device), targets.to(device)
-            out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
-            loss, _ = avarnet_loss(
-                out,
-                targets,
-                batch.mask,
-                multilabel=config["multilabel"],
-                smoothing_weight=config["smoothing_weight"],
+        )
+        val_batches = val_data.batches(recipe.batch_size, seed=0, shuffle=False)
+        metrics.update(
+            T.evaluate_batches(
+                model,
+                val_batches,
+                labels=labels,
+                multilabel=multilabel,
+                recipe=recipe,
+                device=device,
             )
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            total += loss.item() * len(targets)
-            count += len(targets)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": total / max(count, 1),
-            "epoch_seconds": time.perf_counter() - t0,
-        }
-        val_batches = val_data.batches(config["batch_size"], seed=0, shuffle=False)
-        metrics.update(_evaluate_batches(model, val_batches, config, device))
-        # Best by validation macro-F1; without a validation split, the latest epoch.
-        score = metrics.get("val_macro_f1", float(epoch) / max(config["epochs"], 1))
-        if score > best["val_macro_f1"]:
-            best = {"val_macro_f1": score, "epoch": epoch}
-            best_state = {
-                k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()
-            }
-        metrics["best_val_macro_f1"] = best["val_macro_f1"]
+        )
+        best.update(epoch, metrics, model)
+        metrics["best_val_macro_f1"] = best.val_macro_f1
+        metrics["best_epoch"] = best.epoch
         if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
             from workflows.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
         checkpoint = None
         if rank == 0:
-            state = {"epoch": epoch, "best": best, **{k: config[k] for k in _ARTIFACT_KEYS}}
-            files = {
-                "model.pt": _unwrap(model).state_dict(),
-                "optim.pt": optim.state_dict(),
-                "best_model.pt": best_state,
-            }
-            path = _write_checkpoint(config["checkpoint_root"], epoch, files, state)
+            path = _write_checkpoint(
+                config["checkpoint_root"],
+                epoch,
+                checkpoint_files(model, optim, best),
+                checkpoint_state(config, epoch, best),
+            )
             checkpoint = ray.train.Checkpoint.from_directory(str(path))
         ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
             _prune_checkpoints(config["checkpoint_root"], keep=2)
+        if best.should_stop(epoch):  # early stopping: every rank sees the same metrics
+            break
+
+
+def checkpoint_files(model, optim, best) -> dict[str, Any]:
+    """What a checkpoint holds: current weights and optimiser state (to resume), and the
+    best weights so far (the model it becomes)."""
+    return {
+        "model.pt": _unwrap(model).state_dict(),
+        "optim.pt": optim.state_dict(),
+        "best_model.pt": best.state,
+    }
+
+
+def checkpoint_state(config: dict, epoch: int, best) -> dict[str, Any]:
+    return {"epoch": epoch, "best": best.to_dict(), **{k: config[k] for k in _ARTIFACT_KEYS}}
 
 
 def _write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict) -> Path:
@@ -440,10 +383,12 @@ def build_trainer(
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
+    from avarnet.predictor import find_normal_label
+    from avarnet.training import Recipe
+
     features_dir = Path(features_dir).resolve()
     facts = facts or check_training_data(features_dir)
     labels = facts.labels
-    from avarnet.predictor import find_normal_label
 
     normal = find_normal_label(labels)
     loop_config: dict[str, Any] = {
@@ -453,13 +398,7 @@ def build_trainer(
         ),
         "labels": labels,
         "multilabel": facts.multilabel,
-        "epochs": cfg.train.epochs,
-        "batch_size": cfg.train.batch_size,
-        "lr": cfg.train.lr,
-        "weight_decay": cfg.train.weight_decay,
-        "smoothing_weight": cfg.train.smoothing_weight,
-        "max_segments": cfg.train.max_segments,
-        "seed": cfg.train.seed,
+        "recipe": Recipe.from_config(cfg.train).to_dict(),
         "threads": cfg.train.threads_per_worker,
         "cache_mb": cfg.train.cache_mb,
         "tracking_uri": tracking_uri,
@@ -528,6 +467,7 @@ def artifact_from_checkpoint(
         metrics={
             "best_val_macro_f1": state["best"]["val_macro_f1"],
             "best_epoch": state["best"]["epoch"],
+            "epochs_run": state["epoch"] + 1,
         },
         config=config_to_dict(cfg),
     )

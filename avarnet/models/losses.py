@@ -38,6 +38,7 @@ def avarnet_loss(
     *,
     multilabel: bool = False,
     smoothing_weight: float = 0.15,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sum_s CE(stage_clip_logits[s], targets) + smoothing_weight * smoothing``.
 
@@ -47,6 +48,8 @@ def avarnet_loss(
         clip_targets: ``(B,)`` int64 class indices, or ``(B, C)`` float multi-hot when
             ``multilabel`` (then BCE-with-logits, mean over clips and classes).
         mask: ``(B, T)`` bool, True on valid steps.
+        label_smoothing: the cross-entropy's label smoothing; for multi-label targets,
+            each 0/1 target moves that far towards 0.5.
 
     Returns ``(loss, parts)``; ``parts`` holds detached scalars ``classification``,
     ``smoothing`` (unweighted) and ``loss``.
@@ -54,9 +57,13 @@ def avarnet_loss(
     clip_logits = outputs["stage_clip_logits"]
     if multilabel:
         targets = clip_targets.to(clip_logits.dtype)
+        if label_smoothing:
+            targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
         cls = sum(F.binary_cross_entropy_with_logits(s, targets) for s in clip_logits)
     else:
-        cls = sum(F.cross_entropy(s, clip_targets) for s in clip_logits)
+        cls = sum(
+            F.cross_entropy(s, clip_targets, label_smoothing=label_smoothing) for s in clip_logits
+        )
     smooth = smoothing_loss(outputs["stage_logits"], mask.bool(), multilabel=multilabel)
     loss = cls + smoothing_weight * smooth
     parts = {"classification": cls.detach(), "smoothing": smooth.detach(), "loss": loss.detach()}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from ray import cloudpickle
 
 from avarnet.config import load_config
 from avarnet.features import table as ft
@@ -157,6 +161,23 @@ def test_two_worker_ddp_training(ray_session, tiny_features, tmp_path):
     assert sorted(m.step for m in history) == [0, 1]  # rank 0 logs once per epoch
 
 
+class KillOnce:
+    """A test-only epoch hook: the worker process SIGKILLs itself at the start of
+    ``epoch``, once (``marker`` records that it did)."""
+
+    def __init__(self, epoch: int, marker: Path):
+        self.epoch, self.marker = epoch, str(marker)
+
+    def __call__(self, epoch: int) -> None:
+        if epoch == self.epoch and not os.path.exists(self.marker):
+            Path(self.marker).write_text("failed once")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Ray's workers cannot import this test module: send the hook by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
 def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     ray_session, tiny_features, tmp_path
 ):
@@ -170,7 +191,7 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
         tiny_features,
         tracking_uri=uri,
         register=False,
-        loop_overrides={"fail_once_at_epoch": 2, "fail_marker": str(marker), "fail_by_kill": True},
+        loop_overrides={"epoch_hook": KillOnce(2, marker)},
     )
     assert marker.exists()  # the worker was killed at epoch 2 ...
     steps = sorted(

@@ -1,0 +1,120 @@
+"""The framework-free training step (avarnet.training): schedule, collation, best-epoch
+selection, early stopping, and a plain fit that learns a separable table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avarnet import training as T
+from avarnet.features import table as ft
+from avarnet.features.backbones import build_feature_spec
+from avarnet.models import create_model
+
+LABELS = ["a", "b", "c"]
+
+
+def _table(n_per_class: int, seed: int, *, split: str = "train", t: int = 6):
+    """Clips whose class shows in one audio dimension (class k: dimension k is high)."""
+    spec = build_feature_spec("tiny")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, name in enumerate(LABELS):
+        for i in range(n_per_class):
+            audio = rng.normal(0, 0.3, (t, spec.audio_dim)).astype(np.float32)
+            audio[:, k] += 2.0
+            visual = rng.normal(0, 0.3, (t, spec.visual_dim)).astype(np.float32)
+            rows.append(
+                {
+                    "video_id": f"{name}{i}",
+                    "path": f"/x/{name}{i}.mp4",
+                    "label": name,
+                    "split": split,
+                    "audio": audio,
+                    "visual": visual,
+                    "segment_gt": np.zeros(t, np.int8),
+                    "duration_s": float(t),
+                    "has_audio": True,
+                }
+            )
+    return ft.clips_to_table(rows, spec), spec
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    r = T.Recipe(epochs=10, lr=1.0, warmup_epochs=2, schedule="cosine", min_lr_ratio=0.1)
+    lrs = [T.lr_at(e, r) for e in range(10)]
+    assert lrs[0] == pytest.approx(1 / 3) and lrs[1] == pytest.approx(2 / 3)
+    assert lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # monotone decay after warm-up
+    assert lrs[-1] == pytest.approx(0.1)
+    assert T.lr_at(7, T.Recipe(lr=0.5)) == 0.5  # constant
+
+
+def test_collate_gives_class_indices_or_multi_hot_targets():
+    table, _ = _table(2, 0)
+    batch, targets = T.collate(table, LABELS, multilabel=False)
+    assert targets.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.audio.shape[:2] == (6, 6) and bool(batch.mask.all())
+    _, multi = T.collate(table, LABELS, multilabel=True)
+    assert multi.shape == (6, 3) and multi.sum(1).tolist() == [1.0] * 6
+    cut, _ = T.collate(table, LABELS, False, max_len=4, rng=np.random.default_rng(0))
+    assert cut.audio.shape[1] == 4
+
+
+def test_best_tracker_breaks_ties_by_loss_and_stops_after_patience():
+    model = torch.nn.Linear(2, 2)
+    best = T.BestTracker(patience=2)
+    assert best.update(0, {"val_score": T.val_score(0.9, 0.5), "val_macro_f1": 0.9}, model)
+    # Same macro-F1, lower loss: better. Same macro-F1, higher loss: not.
+    assert best.update(1, {"val_score": T.val_score(0.9, 0.3), "val_macro_f1": 0.9}, model)
+    assert not best.update(2, {"val_score": T.val_score(0.9, 0.4), "val_macro_f1": 0.9}, model)
+    assert not best.should_stop(2)
+    assert best.should_stop(3) and best.epoch == 1
+    again = T.BestTracker.from_dict(best.to_dict(), patience=2)
+    assert again.epoch == 1 and again.score == pytest.approx(best.score)
+    # A checkpoint written before scores were recorded carries the macro-F1 only.
+    old = T.BestTracker.from_dict({"val_macro_f1": 0.5, "epoch": 3}, None)
+    assert old.score == 0.5 and not math.isinf(old.score)
+
+
+def test_fit_learns_a_separable_table_and_keeps_the_best_epoch():
+    train, spec = _table(6, 0)
+    val, _ = _table(3, 1, split="val")
+    torch.manual_seed(0)
+    model = create_model(
+        "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
+    )
+    recipe = T.Recipe(epochs=25, batch_size=6, lr=3e-3, warmup_epochs=2, schedule="cosine")
+    seen = []
+    result = T.fit(
+        model,
+        train,
+        val,
+        recipe,
+        labels=LABELS,
+        on_epoch=lambda m, best, opt: seen.append((m["epoch"], opt.param_groups[0]["lr"])),
+    )
+    assert [e for e, _ in seen] == list(range(25))
+    assert seen[0][1] == pytest.approx(recipe.lr / 3)  # the schedule reached the optimiser
+    assert result.best_metrics["val_accuracy"] == 1.0
+    assert result.best.state is not None
+    model.load_state_dict(result.best.state)
+    report = T.evaluate_batches(
+        model, T.table_batches(val, 4), labels=LABELS, multilabel=False, recipe=recipe
+    )
+    assert report["val_accuracy"] == 1.0
+
+
+def test_fit_stops_early_once_validation_stops_improving():
+    train, spec = _table(4, 0)
+    val, _ = _table(2, 1, split="val")
+    model = create_model(
+        "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
+    )
+    recipe = T.Recipe(epochs=200, batch_size=12, lr=3e-3, patience=3)
+    result = T.fit(model, train, val, recipe, labels=LABELS)
+    last = result.history[-1]["epoch"]
+    assert last < 199 and last - result.best.epoch == 3
