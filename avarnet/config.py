@@ -174,6 +174,10 @@ class TuneConfig:
     # Config key -> {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {choice: [...]};
     # None: tune.search.SEARCH_SPACE.
     space: dict[str, Any] | None = None
+    # The configuration as given is trained too (one extra trial) and stays the champion
+    # unless a searched trial beats its validation score by more than this margin.
+    baseline: bool = True
+    min_improvement: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,18 @@ def _overrides(values: dict[str, Any]) -> list[str]:
 
 
 def _trial(config: dict[str, Any]) -> None:
-    """One Tune trial: train with the sampled overrides; metrics flow to Tune per epoch."""
+    """One Tune trial: train with the sampled overrides; metrics flow to Tune per epoch.
+
+    A trial of one training worker (``train.workers`` <= 1) trains in the trial's own
+    process with :func:`avarnet.training.fit` (the step Ray Train runs; seconds of start-up
+    instead of a Train controller and worker group per trial); more workers build their
+    ``TorchTrainer`` with the same :func:`workflows.train.build_trainer` as plain training.
+    """
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from avarnet.config import config_from_dict
     from workflows import tracking
     from workflows.runtime import quiet_driver
-    from workflows.train import DataFacts, build_trainer
 
     quiet_driver()  # the trial's own Ray Data reads and Train reports: warnings only
     sampled = _sampled(config)
@@ -134,7 +138,14 @@ def _trial(config: dict[str, Any]) -> None:
     run = tracking.trial_run(
         uri, cfg.tracking.experiment, config["parent_run_id"], trial_id, f"trial-{trial_id}"
     )
-    run.log_params(sampled)
+    run.log_params(sampled or {"baseline": "the configuration as given"})
+    if cfg.train.workers <= 1:
+        _fit_in_trial(cfg, config, trial_id, run)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from workflows.train import DataFacts, build_trainer
+
     trainer = build_trainer(
         cfg,
         config["features_dir"],
@@ -148,6 +159,78 @@ def _trial(config: dict[str, Any]) -> None:
     result = trainer.fit()  # ASHA may stop the trial here; the driver closes its run
     if result.error is not None:
         raise result.error
+
+
+def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> None:
+    """Train in this trial's process; report every epoch with a checkpoint in the format
+    of :mod:`workflows.train` (so the winner becomes an artifact the same way), and resume
+    from Tune's checkpoint when the trial was restored."""
+    import ray.tune
+    import torch
+
+    from avarnet import training as T
+    from avarnet.models import create_model
+    from avarnet.predictor import find_normal_label
+    from workflows import train as W
+    from workflows.tracking import log_epoch
+
+    facts = W.DataFacts.from_dict(config["data_facts"])
+    labels = facts.labels
+    normal = find_normal_label(labels)
+    kwargs = W.model_kwargs(
+        cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
+    )
+    threads = cfg.train.threads_per_worker
+    torch.set_num_threads(threads or max(int(config.get("trial_cpus", 1)), 1))
+    use_gpu = cfg.train.gpus_per_worker > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    recipe = T.Recipe.from_config(cfg.train)
+    torch.manual_seed(recipe.seed)
+    model = create_model(cfg.model.name, **kwargs).to(device)
+    optim = T.make_optimizer(model, recipe)
+    loop = {"model_name": cfg.model.name, "model_kwargs": kwargs, "labels": labels}
+    loop["multilabel"] = facts.multilabel
+    start, best = 0, T.BestTracker(recipe.patience)
+    ckpt = ray.tune.get_checkpoint()
+    if ckpt is not None:  # a restored trial goes on from its last epoch
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            model.load_state_dict(torch.load(d / "model.pt", map_location=device))
+            optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
+            state = json.loads((d / "state.json").read_text())
+            best_state = torch.load(d / "best_model.pt", map_location="cpu")
+            best = T.BestTracker.from_dict(state["best"], recipe.patience, best_state)
+            start = state["epoch"] + 1
+    tables = T.read_split_tables(config["features_dir"])
+    root = Path(config["storage_path"]) / "trials" / f"trial-{trial_id}" / "epochs"
+
+    def on_epoch(metrics: dict[str, float], best: T.BestTracker, optimizer) -> None:
+        epoch = int(metrics["epoch"])
+        metrics = {**metrics, "best_val_score": best.score}
+        metrics["converged"] = float(best.should_stop(epoch))  # patience ran out
+        log_epoch(run.tracking_uri, run.run_id, metrics, step=epoch)
+        path = W.write_checkpoint(
+            str(root),
+            epoch,
+            W.checkpoint_files(model, optimizer, best),
+            W.checkpoint_state(loop, epoch, best),
+        )
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(path)))
+        W.prune_checkpoints(str(root), keep=1)  # Tune has its own copy now
+
+    T.fit(
+        model,
+        tables["train"],
+        tables["val"],
+        recipe,
+        labels=labels,
+        multilabel=facts.multilabel,
+        device=device,
+        start_epoch=start,
+        optimizer=optim,
+        best=best,
+        on_epoch=on_epoch,
+    )
 
 
 def plot_trials(trials: list[dict[str, Any]], keys: list[str], path: Path) -> Path:
@@ -241,17 +324,22 @@ def run_search(
         parent.log_dict({k: {kind: args} for k, (kind, args) in space.items()}, "space.json")
         storage.mkdir(parents=True, exist_ok=True)
         tracking.write_json({"parent_run_id": parent.run_id}, state_file)
+    in_process = cfg.train.workers <= 1
+    trial_resources = {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}
+    if not in_process:  # the trial's TorchTrainer reserves its workers' resources itself
+        trial_resources = {"CPU": 0.01}
     try:
-        trainable = tune.with_resources(_trial, {"CPU": 0.01})
-        param_space = {
-            **to_tune_space(space),
+        trainable = tune.with_resources(_trial, {k: v for k, v in trial_resources.items() if v})
+        common = {
             "base_config": config_to_dict(cfg),
             "features_dir": str(features_dir),
             "data_facts": facts.to_dict(),  # checked once here, not again in every trial
             "tracking_uri": tracking_uri,
             "parent_run_id": parent.run_id,
             "storage_path": str(storage),
+            "trial_cpus": t.cpus_per_trial,
         }
+        param_space = {**to_tune_space(space), **common}
 
         worker_bundle = {
             k: v for k, v in {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}.items() if v
@@ -260,8 +348,9 @@ def run_search(
         def budget_hit() -> bool:
             return t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
 
-        def fit(exp_name: str, num_samples: int, seed: int):
-            """Run experiment ``exp_name``, restoring it when it was interrupted."""
+        def fit(exp_name: str, num_samples: int, seed: int, *, baseline: bool = False):
+            """Run experiment ``exp_name``, restoring it when it was interrupted.
+            ``baseline``: one trial of the configuration as given, every epoch."""
             path = storage / exp_name
             restored = tune.Tuner.can_restore(str(path))
             if restored:
@@ -269,34 +358,38 @@ def run_search(
                     str(path), trainable=trainable, resume_errored=True, restart_errored=False
                 )
             else:
+                search = {
+                    "scheduler": ASHAScheduler(
+                        max_t=cfg.train.epochs,
+                        grace_period=t.grace_period,
+                        reduction_factor=t.reduction_factor,
+                    ),
+                    "search_alg": OptunaSearch(seed=seed),
+                }
                 tuner = tune.Tuner(
                     trainable,
-                    param_space=param_space,
+                    param_space=common if baseline else param_space,
                     tune_config=tune.TuneConfig(
                         metric="val_score",  # validation macro-F1, ties broken by the loss
                         mode="max",
                         num_samples=num_samples,
                         max_concurrent_trials=t.max_concurrent,
-                        time_budget_s=t.time_budget_s,
-                        scheduler=ASHAScheduler(
-                            max_t=cfg.train.epochs,
-                            grace_period=t.grace_period,
-                            reduction_factor=t.reduction_factor,
-                        ),
-                        search_alg=OptunaSearch(seed=seed),
+                        time_budget_s=None if baseline else t.time_budget_s,
+                        **({} if baseline else search),
                     ),
                     run_config=tune.RunConfig(
                         name=exp_name,
                         storage_path=str(storage),
                         verbose=0,  # Tune's tables would print every trial's whole config
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                         callbacks=[
                             *(callbacks or []),
                             *(
                                 [_progress_callback(num_samples, cfg.train.epochs)]
-                                if progress
+                                if progress and not baseline
                                 else []
                             ),
-                            _release_callback(worker_bundle),
+                            *([] if in_process else [_release_callback(worker_bundle)]),
                         ],
                     ),
                 )
@@ -313,6 +406,15 @@ def run_search(
                 )
             return grid, trials
 
+        baseline = None
+        if t.baseline:  # the configuration as given: what a trial has to beat
+            grid, rows = fit(f"{name}-default", 1, cfg.train.seed, baseline=True)
+            baseline = _best_result(grid)
+            for tr in rows:
+                tr["baseline"] = True
+                tracking.end_trial_run(
+                    tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
+                )
         grid, trials = fit(name, t.trials, cfg.train.seed)
         grids = [grid]
         if len(trials) < t.trials and not budget_hit():
@@ -328,28 +430,57 @@ def run_search(
             tracking.end_trial_run(
                 tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
             )
-        bests = [
-            g.get_best_result(metric="best_val_macro_f1", mode="max", filter_nan_and_inf=True)
-            for g in grids
-        ]
-        best = max(bests, key=lambda r: r.metrics["best_val_macro_f1"])
+        searched = max((_best_result(g) for g in grids), key=_score)
+        # The searched trial must beat the baseline on validation by more than
+        # min_improvement; a tie (frequent on small validation splits) keeps the baseline,
+        # the configuration that was not picked by looking at this validation split.
+        best = searched
+        if baseline is not None and _score(searched) <= _score(baseline) + t.min_improvement:
+            best = baseline
         best_values = _sampled(best.config)
-        best_cfg = apply_overrides(cfg, _overrides(best_values))
-        ckpt = best.checkpoint or Checkpoint(best.metrics["checkpoint_path"])
-        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
-        with ckpt.as_directory() as d:
-            artifact, _ = artifact_from_checkpoint(d, facts.spec, best_cfg, model_dir)
         eval_split = "test" if facts.split_counts.get("test") else "val"
-        report = evaluate(
-            Predictor.from_dir(artifact), ft.read_features(features_dir, splits=[eval_split])
-        )
+        test_set = ft.read_features(features_dir, splits=[eval_split])
+        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
+
+        def evaluate_result(result, out: Path):
+            result_cfg = apply_overrides(cfg, _overrides(_sampled(result.config)))
+            ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
+            with ckpt.as_directory() as d:
+                artifact, _ = artifact_from_checkpoint(d, facts.spec, result_cfg, out)
+            return artifact, evaluate(Predictor.from_dir(artifact), test_set)
+
+        artifact, report = evaluate_result(best, model_dir)
+        default = None
+        if baseline is not None:
+            if best is baseline:
+                default_report = report
+            else:
+                _, default_report = evaluate_result(
+                    baseline, model_dir.with_name(f"{model_dir.name}-default")
+                )
+            default = {
+                "val_macro_f1": float(baseline.metrics["best_val_macro_f1"]),
+                "val_score": _score(baseline),
+                "accuracy": default_report["accuracy"],
+                "macro_f1": default_report["macro_f1"],
+            }
         wall = time.perf_counter() - t0
         parent.log_params({f"best.{k}": v for k, v in best_values.items()})
+        parent.log_params({"champion_is_default": best is baseline})
         parent.log_metrics(
             {
                 "best_val_macro_f1": float(best.metrics["best_val_macro_f1"]),
                 f"best_{eval_split}_accuracy": report["accuracy"],
                 f"best_{eval_split}_macro_f1": report["macro_f1"],
+                **(
+                    {
+                        "default_val_macro_f1": default["val_macro_f1"],
+                        f"default_{eval_split}_accuracy": default["accuracy"],
+                        f"default_{eval_split}_macro_f1": default["macro_f1"],
+                    }
+                    if default
+                    else {}
+                ),
                 "search_wall_seconds": wall,
                 "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
                 "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
@@ -369,6 +500,9 @@ def run_search(
     parent.end("FINISHED")
     return {
         "best_config": best_values,
+        "champion_is_default": best is baseline,
+        "default": default,
+        "selected_on": "val",
         "best_macro_f1": float(best.metrics["best_val_macro_f1"]),
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
@@ -383,6 +517,21 @@ def run_search(
         "tracking_uri": tracking_uri,
         "wall_seconds": wall,
     }
+
+
+def _score(result) -> float:
+    """A result's best validation score (macro-F1, ties broken by the loss); results of
+    searches from before the score was reported rank by their macro-F1."""
+    m = result.metrics or {}
+    return float(m.get("best_val_score", m.get("best_val_macro_f1", float("-inf"))))
+
+
+def _best_result(grid):
+    """The experiment's result with the best validation score."""
+    results = [r for r in grid if r.error is None and r.metrics]
+    if not results:
+        raise RuntimeError(f"no trial of {grid.experiment_path} finished an epoch")
+    return max(results, key=_score)
 
 
 def _progress_callback(total: int, max_epochs: int):
@@ -513,13 +662,16 @@ def _trial_table(grid, max_epochs: int) -> list[dict[str, Any]]:
         elif status != "TERMINATED":
             outcome = "unfinished"
         else:
-            outcome = "completed" if epochs >= max_epochs else "stopped_early"
+            # Early stopping on validation (patience) is the trial finishing, not ASHA.
+            done = epochs >= max_epochs or metrics.get("converged")
+            outcome = "completed" if done else "stopped_early"
         rows.append(
             {
                 "trial_id": trial.trial_id,
                 "outcome": outcome,
                 "epochs": epochs,
                 "val_macro_f1": metrics.get("best_val_macro_f1"),
+                "val_score": metrics.get("best_val_score"),
                 **_sampled(res.config or {}),
             }
         )

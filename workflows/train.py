@@ -265,14 +265,16 @@ def train_loop_per_worker(config: dict) -> None:
         )
         best.update(epoch, metrics, model)
         metrics["best_val_macro_f1"] = best.val_macro_f1
+        metrics["best_val_score"] = best.score
         metrics["best_epoch"] = best.epoch
+        metrics["converged"] = float(best.should_stop(epoch))  # patience ran out
         if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
             from workflows.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
         checkpoint = None
         if rank == 0:
-            path = _write_checkpoint(
+            path = write_checkpoint(
                 config["checkpoint_root"],
                 epoch,
                 checkpoint_files(model, optim, best),
@@ -281,7 +283,7 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(str(path))
         ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:
-            _prune_checkpoints(config["checkpoint_root"], keep=2)
+            prune_checkpoints(config["checkpoint_root"], keep=2)
         if best.should_stop(epoch):  # early stopping: every rank sees the same metrics
             break
 
@@ -300,7 +302,7 @@ def checkpoint_state(config: dict, epoch: int, best) -> dict[str, Any]:
     return {"epoch": epoch, "best": best.to_dict(), **{k: config[k] for k in _ARTIFACT_KEYS}}
 
 
-def _write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict) -> Path:
+def write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict) -> Path:
     """Write an epoch's checkpoint to ``root/checkpoint_<epoch>`` atomically (a temporary
     folder renamed when complete) and return its path.
 
@@ -324,7 +326,7 @@ def _write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict)
     return final
 
 
-def _prune_checkpoints(root: str, keep: int) -> None:
+def prune_checkpoints(root: str, keep: int) -> None:
     """Keep the newest ``keep`` checkpoints (an in-process run's Ray record points at the
     newest, so it must survive)."""
     for old in sorted(Path(root).glob("checkpoint_*"))[:-keep]:
@@ -407,7 +409,7 @@ def build_trainer(
     loop_config.update(loop_overrides or {})
     run_name = name or f"train-{int(time.time())}"
     storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
-    # Every epoch's checkpoint, written by rank 0 before it reports (see _write_checkpoint).
+    # Every epoch's checkpoint, written by rank 0 before it reports (see write_checkpoint).
     loop_config["checkpoint_root"] = str(storage / run_name / "epochs")
     files = [str(p) for p in ft.part_files(features_dir)]
     columns = ["label", "labels", "split", "audio", "visual", "has_audio"]

@@ -65,15 +65,24 @@ def test_search_stops_weak_trials_and_registers_the_best_as_champion(
     champion = client.get_model_version_by_alias("avarnet", "champion")
     assert res["model_uri"] == f"models:/avarnet/{champion.version}"
     assert champion.run_id == res["run_id"]
-    # The champion is the best trial's model: its recorded validation F1 is the maximum.
-    best_f1 = max(t["val_macro_f1"] for t in trials)
+    # The champion is the best of the trials and the baseline (the configuration as
+    # given) by validation score; the baseline wins ties.
+    default = res["default"]
+    assert res["selected_on"] == "val" and {"accuracy", "val_score"} <= set(default)
+    best_score = max(t["val_score"] for t in trials)
+    assert res["champion_is_default"] == (best_score <= default["val_score"])
+    if res["champion_is_default"]:
+        best_f1 = default["val_macro_f1"]
+        assert res["best_config"] == {} and res["accuracy"] == default["accuracy"]
+    else:
+        best = [t for t in trials if t["val_score"] == best_score]
+        best_f1 = best[0]["val_macro_f1"]
+        assert any(res["best_config"]["train.lr"] == pytest.approx(t["train.lr"]) for t in best)
     assert res["best_macro_f1"] == pytest.approx(best_f1)
     local = client.download_artifacts(res["run_id"], "model/model.json", str(tmp_path / "dl"))
     with open(local) as f:
         model = json.load(f)
     assert model["metrics"]["best_val_macro_f1"] == pytest.approx(best_f1)
-    best = [t for t in trials if t["val_macro_f1"] == best_f1]
-    assert any(res["best_config"]["train.lr"] == pytest.approx(t["train.lr"]) for t in best)
 
     # A child run per trial, closed with its outcome, with the sampled params and epochs.
     parent = client.get_run(res["run_id"])
@@ -82,11 +91,15 @@ def test_search_stops_weak_trials_and_registers_the_best_as_champion(
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res['run_id']}'"
     )
-    assert len(children) == 4
+    assert len(children) == 5  # four searched trials and the baseline
+    baseline = [c for c in children if "baseline" in c.data.params]
+    assert len(baseline) == 1 and baseline[0].data.tags["avarnet.trial_outcome"] == "completed"
+    children = [c for c in children if c not in baseline]
     outcomes = {
         c.data.tags["avarnet.trial_id"]: c.data.tags["avarnet.trial_outcome"] for c in children
     }
     assert outcomes == {t["trial_id"]: t["outcome"] for t in trials}
+    assert parent.data.metrics["default_test_accuracy"] == default["accuracy"]
     for c in children:
         assert {"train.lr", "model.num_filters"} <= set(c.data.params)
         assert c.info.status == (
@@ -99,7 +112,7 @@ def test_search_stops_weak_trials_and_registers_the_best_as_champion(
 
 
 class _InterruptAfterFirstTrial:
-    """A Tune callback that presses Ctrl-C once the first trial has finished."""
+    """A Tune callback that presses Ctrl-C once the first searched trial has finished."""
 
     def __new__(cls):
         from ray.tune import Callback
@@ -108,7 +121,8 @@ class _InterruptAfterFirstTrial:
             fired = False
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                if not Interrupt.fired:
+                searched = any("." in key for key in trial.config)  # not the baseline
+                if searched and not Interrupt.fired:
                     Interrupt.fired = True
                     os.kill(os.getpid(), signal.SIGINT)
 
