@@ -887,10 +887,22 @@ def fit_resources(a: AppArgs, nodes: list[dict[str, Any]] | None = None) -> AppA
 INGRESS_CPUS, INGRESS_MAX, CLASSIFIER_MAX = 0.1, 2, 2
 
 
+def check_encodable(ref: ModelRef) -> None:
+    """Refuse a model whose FeatureSpec has no encoders here (features imported from
+    external backbones, :mod:`avarnet.features.imported`): the service scores uploads."""
+    from avarnet.config import ConfigError
+    from avarnet.features.imported import encoder_problem
+
+    problem = encoder_problem(ref.meta["feature_spec"])
+    if problem:
+        raise ConfigError(f"cannot serve {ref.uri}: {problem}")
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The scoring application. ``args``: see :class:`AppArgs`."""
     a = fit_resources(AppArgs.from_dict(dict(args or {})))
     ref = resolve_model(a.model, a.tracking_uri, a.output_dir)
+    check_encodable(ref)
     chunk_segments = int(ref.meta.get("config", {}).get("features", {}).get("chunk_segments", 32))
     limits = asdict(a.limits())
     encoder = Encoder.options(
