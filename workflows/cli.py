@@ -52,19 +52,43 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
             "VAAR class names, in DIR/<Class>/*.mp4, plus DIR/manifest.csv. Each visual "
             "signature is shared by two classes and each audio signature by two others, so "
             "only fusion identifies the class. Deterministic for a seed. It is a test bed, "
-            "not a claim about real-world accuracy."
+            "not a claim about real-world accuracy. --layout xd-violence writes the same kind "
+            "of clips in the XD-Violence layout instead (DIR/train, DIR/test, names with "
+            "label codes, DIR/annotations.txt for the test videos)."
         ),
     )
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--clips-per-class", type=int, default=8, help="clips per class (default 8)")
-    p.add_argument("--seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
+    p.add_argument(
+        "--layout",
+        default="vaar",
+        choices=["vaar", "xd-violence"],
+        help=(
+            "vaar (default): DIR/<Class>/*.mp4 + manifest.csv; xd-violence: DIR/train and "
+            "DIR/test with XD-Violence names (label codes, '#', multi-label), video-level "
+            "labels for training and DIR/annotations.txt (frame intervals) for test"
+        ),
+    )
+    p.add_argument(
+        "--clips-per-class",
+        type=int,
+        default=8,
+        help="clips per class (default 8); xd-violence: violent training videos per class",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="clip length in seconds (default 4; xd-violence: the mean length, default 12)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--fps", type=int, default=12, help="video frame rate (default 12)")
+    p.add_argument(
+        "--fps", type=int, default=None, help="video frame rate (default 12; xd-violence 16)"
+    )
     p.add_argument(
         "--degrade-fraction",
         type=float,
-        default=0.3,
-        help="fraction of clips darkened, occluded or noisy (default 0.3)",
+        default=None,
+        help="fraction of clips darkened, occluded or noisy (default 0.3; not xd-violence)",
     )
     p.add_argument(
         "--no-audio-fraction",
@@ -83,17 +107,20 @@ def _run_synth(args: argparse.Namespace) -> int:
     from avarnet.data.manifest import read_manifest
     from avarnet.data.synthetic import generate_benchmark
 
-    if args.clips_per_class < 1 or args.seconds <= 0:
+    if args.layout == "xd-violence":
+        return _run_synth_xd(args)
+    seconds = 4.0 if args.seconds is None else args.seconds
+    if args.clips_per_class < 1 or seconds <= 0:
         raise CliError("--clips-per-class must be >= 1 and --seconds > 0")
     out = Path(args.out).resolve()
     t0 = time.perf_counter()
     generate_benchmark(
         out,
         clips_per_class=args.clips_per_class,
-        seconds=args.seconds,
+        seconds=seconds,
         seed=args.seed,
-        fps=args.fps,
-        degrade_fraction=args.degrade_fraction,
+        fps=12 if args.fps is None else args.fps,
+        degrade_fraction=0.3 if args.degrade_fraction is None else args.degrade_fraction,
         no_audio_fraction=args.no_audio_fraction,
         progress=None if args.json else _progress("synth"),
     )
@@ -113,6 +140,58 @@ def _run_synth(args: argparse.Namespace) -> int:
             f"  splits:   {r['split_counts']}"
         ),
     )
+    return 0
+
+
+def _run_synth_xd(args: argparse.Namespace) -> int:
+    """``avarnet synth --layout xd-violence``: the generated benchmark in the XD-Violence
+    layout (:mod:`avarnet.data.synthetic_xd`), read back with the XD-Violence reader."""
+    import time
+    from pathlib import Path
+
+    from avarnet.data.manifest import read_manifest
+    from avarnet.data.synthetic_xd import ANNOTATIONS_FILE, generate_xd_benchmark, xd_split_counts
+
+    seconds = 12.0 if args.seconds is None else args.seconds
+    if args.clips_per_class < 1 or seconds <= 0:
+        raise CliError("--clips-per-class must be >= 1 and --seconds > 0")
+    if args.degrade_fraction or args.no_audio_fraction:
+        raise CliError(
+            "--degrade-fraction and --no-audio-fraction are not available with "
+            "--layout xd-violence (every video is clean and has audio)"
+        )
+    out = Path(args.out).resolve()
+    t0 = time.perf_counter()
+    generate_xd_benchmark(
+        out,
+        clips_per_class=args.clips_per_class,
+        seconds=seconds,
+        seed=args.seed,
+        fps=16 if args.fps is None else args.fps,
+        progress=None if args.json else _progress("synth"),
+    )
+    manifest = read_manifest(out, format="xd-violence", annotations=out / ANNOTATIONS_FILE)
+    result = {
+        "out": str(out),
+        "annotations": str(out / ANNOTATIONS_FILE),
+        "seconds": round(time.perf_counter() - t0, 2),
+        **manifest.summary(),
+        "violent_normal": xd_split_counts(manifest.rows),
+    }
+
+    def human(r: dict) -> str:
+        counts = ", ".join(
+            f"{split} {c['violent']} violent + {c['normal']} normal"
+            for split, c in r["violent_normal"].items()
+        )
+        return (
+            f"wrote {r['clips']} videos (XD-Violence layout) in {r['seconds']} s\n"
+            f"  videos:      {r['out']}/train, {r['out']}/test\n"
+            f"  annotations: {r['annotations']} ({r['annotated_clips']} test videos with "
+            f"frame labels)\n  splits:      {counts}"
+        )
+
+    _emit(args, result, human)
     return 0
 
 
@@ -181,6 +260,87 @@ def _run_manifest(args: argparse.Namespace) -> int:
         if s.get("out"):
             lines.append(f"manifest written to {s['out']}")
         return "\n".join(lines)
+
+    _emit(args, summary, human)
+    return 0
+
+
+# ----------------------------------------------------------------- import-features
+def _add_import_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-features",
+        help="turn released features (XD-Violence I3D + VGGish .npy) into a feature table",
+        description=(
+            "Import released features as the project's feature table (Parquet + a "
+            "FeatureSpec naming the external backbones), so train, tune and evaluate run on "
+            "them. Format xd-i3d-vggish: DIR holds <name>__0.npy .. <name>__4.npy (five I3D "
+            "crops, T x 1024 per 16-frame snippet) and <name>__vggish.npy (T_a x 128) anywhere "
+            "below it; the split comes from train/test folder names, or from the official list "
+            "files (--lists), which then also give the videos and their order. Audio is paired "
+            "by name; when it is one snippet shorter the last RGB snippet is dropped, more is "
+            "an error. Such a model scores feature tables, not video files (Serve refuses it)."
+        ),
+    )
+    p.add_argument("dir", metavar="DIR", help="folder holding the released .npy files")
+    p.add_argument("--format", default="xd-i3d-vggish", choices=["xd-i3d-vggish"])
+    p.add_argument("--annotations", help="XD-Violence test annotation file (name s1 e1 ...)")
+    p.add_argument("--out", required=True, help="feature table folder to write")
+    p.add_argument(
+        "--lists",
+        nargs="+",
+        metavar="LIST",
+        help="official list files (rgb.list rgb_test.list audio.list audio_test.list)",
+    )
+    p.add_argument(
+        "--crops",
+        default="mean",
+        choices=["mean", "each"],
+        help=(
+            "mean (default): one row per video, the five crops averaged; each: training rows "
+            "per crop (HL-Net), validation and test rows still averaged"
+        ),
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="training videos moved to a validation split (default 0: the field's split; "
+        "Tune needs one, e.g. 0.1)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--force", action="store_true", help="replace an existing table at --out")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=_run_import_features)
+
+
+def _run_import_features(args: argparse.Namespace) -> int:
+    from avarnet.features.imported import import_xd_features
+
+    summary = import_xd_features(
+        args.dir,
+        args.out,
+        annotations=args.annotations,
+        lists=args.lists,
+        crops=args.crops,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        force=args.force,
+        progress=None if args.json else _progress("import"),
+    )
+    for prob in summary["problems"]:
+        _warn(f"{prob['file']}: {prob['reason']}")
+
+    def human(r: dict) -> str:
+        counts = ", ".join(
+            f"{split} {c['violent']} violent + {c['normal']} normal"
+            for split, c in sorted(r["violent_normal"].items())
+        )
+        return (
+            f"imported {r['videos']} videos as {r['rows']} rows (crops: {r['crops']}), "
+            f"{r['snippets']} snippets; {r['dropped_last_rgb']} videos lost their last RGB "
+            f"snippet to pair with the audio\n  videos:   {counts}\n"
+            f"  annotated test videos: {r['annotated']}\n  features: {r['out']}"
+        )
 
     _emit(args, summary, human)
     return 0
@@ -857,6 +1017,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 VERBS = [
     _add_synth,
     _add_manifest,
+    _add_import_features,
     _add_inspect,
     _add_extract,
     _add_train,
