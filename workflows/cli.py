@@ -549,6 +549,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP when > 1)")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seeds",
+        help="comma-separated seeds (e.g. 0,1,2): one model each, every metric as mean ± std, "
+        "the best on validation registered",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_config_args(p)
     p.set_defaults(func=_run_train, log_dir=lambda a: _beside(a.features))
@@ -559,7 +564,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from avarnet.evaluation import format_report
     from workflows.runtime import check_durable_path, ray_session
-    from workflows.train import check_training_data, run_training
+    from workflows.train import check_training_data, run_training_seeds
 
     check_durable_path(args.features, "--features")
     features = Path(args.features).resolve()
@@ -571,24 +576,46 @@ def _run_train(args: argparse.Namespace) -> int:
             ("epochs", "train.epochs"),
             ("workers", "train.workers"),
             ("seed", "train.seed"),
+            ("seeds", "train.seeds"),
         ),
     )
     cfg = _load_cfg(args, extra)
     uri = _tracking_uri(cfg, Path(cfg.output_dir))
     facts = check_training_data(features)  # bad data fails here, before Ray starts
     with ray_session():
-        res = run_training(cfg, features, tracking_uri=uri, facts=facts, progress=not args.json)
+        res = run_training_seeds(
+            cfg, features, tracking_uri=uri, facts=facts, progress=not args.json
+        )
     result = {k: v for k, v in res.items() if k != "report"}
-    _emit(
-        args,
-        result,
-        lambda r: (
-            format_report(res["report"])
-            + f"\nmodel {r['model_uri']} (artifact {r['artifact_dir']})\n"
+
+    def human(r: dict) -> str:
+        text = format_report(res["report"])
+        if r.get("per_seed"):
+            text = f"seed {r['selected_seed']} (selected on validation):\n{text}\n\n"
+            text += format_seeds(r)
+        return (
+            text + f"\nmodel {r['model_uri']} (artifact {r['artifact_dir']})\n"
             f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {r['tracking_uri']}"
-        ),
-    )
+        )
+
+    _emit(args, result, human)
     return 0
+
+
+def format_seeds(r: dict) -> str:
+    """Per-seed metrics and their mean ± std (sample std over the seeds)."""
+    lines = [f"{'seed':>6}{'test acc':>10}{'macro-F1':>10}{'val F1':>8}"]
+    for row in r["per_seed"]:
+        lines.append(
+            f"{row['seed']:>6}{row['accuracy']:>10.3f}{row['macro_f1']:>10.3f}"
+            f"{row['best_val_macro_f1']:>8.3f}"
+            + ("  <- registered (best on validation)" if row["seed"] == r["selected_seed"] else "")
+        )
+    for key, stats in r["summary"].items():
+        lines.append(
+            f"{key}: {stats['mean']:.4f} ± {stats['std']:.4f} over {len(r['seeds'])} seeds"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- tune
@@ -657,6 +684,9 @@ def _run_tune(args: argparse.Namespace) -> int:
             "run_id": res["run_id"],
             "wall_seconds": round(res["wall_seconds"], 1),
             "resumed": res["resumed"],
+            "default": res["default"],
+            "champion_is_default": res["champion_is_default"],
+            "selected_on": res["selected_on"],
         }
     )
 
@@ -673,9 +703,17 @@ def _run_tune(args: argparse.Namespace) -> int:
                 f"{t['trial_id']:<12}{t['outcome']:<15}{t['epochs']:>7}"
                 f"{'' if f1 is None else f'{f1:.3f}':>8}  {vals}"
             )
+        split = res["eval_split"]
+        if r["default"]:
+            d = r["default"]
+            lines.append(
+                f"{'default':<12}{'baseline':<15}{'':>7}{d['val_macro_f1']:>8.3f}  "
+                f"(the configuration as given; {split} accuracy {d['accuracy']:.3f})"
+            )
+        who = "the default" if r["champion_is_default"] else "the best searched trial"
         lines.append(
-            f"best val macro-F1 {r['best_macro_f1']:.3f}; {res['eval_split']} accuracy "
-            f"{r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}; champion {r['model_uri']}"
+            f"champion: {who}, selected on validation (val macro-F1 {r['best_macro_f1']:.3f}); "
+            f"{split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}; {r['model_uri']}"
         )
         lines.append(f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {uri}")
         return "\n".join(lines)

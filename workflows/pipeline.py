@@ -178,9 +178,9 @@ class Pipeline:
         return d
 
     def stage_train(self, parent_run_id: str | None, run) -> dict:
-        from workflows.train import run_training
+        from workflows.train import run_training_seeds
 
-        res = run_training(
+        res = run_training_seeds(
             self.cfg,
             self.features_dir,
             tracking_uri=run.tracking_uri,
@@ -189,6 +189,13 @@ class Pipeline:
         )
         self.state["train_report"] = res.pop("report")
         res["metric"] = f"test acc {res['accuracy']:.3f}, macro-F1 {res['macro_f1']:.3f}"
+        if res.get("summary"):
+            acc = res["summary"]["accuracy"]
+            res["metric"] = (
+                f"test acc {acc['mean']:.3f} ± {acc['std']:.3f} over seeds {res['seeds']}; "
+                f"registered seed {res['selected_seed']} (best on validation): "
+                f"{res['accuracy']:.3f}"
+            )
         res["outputs"] = res["model_uri"]
         return res
 
@@ -210,6 +217,12 @@ class Pipeline:
             f"{res['accuracy']:.3f}; {res['trials_completed']} completed, "
             f"{res['trials_stopped_early']} stopped early"
         )
+        if res.get("default"):
+            who = "the default" if res["champion_is_default"] else "a searched trial"
+            res["metric"] += (
+                f"; champion = {who} (selected on validation), default's "
+                f"{res['eval_split']} acc {res['default']['accuracy']:.3f}"
+            )
         res["outputs"] = f"{res['model_uri']} (@champion)"
         return res
 

@@ -554,6 +554,116 @@ def run_training(
             "artifact_dir": str(artifact),
             "best_epoch": state["best"]["epoch"],
             "best_val_macro_f1": state["best"]["val_macro_f1"],
+            "best_val_score": state["best"].get("score", state["best"]["val_macro_f1"]),
+            "epochs_run": state["epoch"] + 1,
+            "seed": cfg.train.seed,
             "report": report,
             "tracking_uri": tracking_uri,
+        }
+
+
+# Metrics summarised over seeds (those a report has: the XD-Violence and segment APs only
+# where the data has frame-level ground truth).
+SEED_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "xd_ap",
+    "xd_average_precision",
+    "segment_ap_auc",
+    "segment_average_precision",
+    "best_val_macro_f1",
+)
+
+
+def summarise_seeds(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{metric: {"mean", "std", "values"}}`` over per-seed results; ``std`` is the sample
+    standard deviation (ddof=1; 0 for one seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in SEED_METRICS:
+        values = [r["report"].get(key, r.get(key)) for r in results]
+        if any(v is None for v in values):
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+        out[key] = {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
+    return out
+
+
+def run_training_seeds(
+    cfg: Config,
+    features_dir: str | os.PathLike,
+    *,
+    tracking_uri: str,
+    parent_run_id: str | None = None,
+    facts: DataFacts | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`run_training` once per seed of ``train.seeds`` (just ``train.seed`` when it
+    is unset), each a child run of one ``train-seeds`` MLflow run that holds every metric's
+    mean and standard deviation. The model registered is the seed's best on validation
+    (its best epoch's validation score), never on test; the result says so
+    (``selected_on: "val"``) and carries the selected seed's own metrics at the top level.
+    """
+    from avarnet.config import apply_overrides
+    from workflows import tracking
+
+    seeds = list(cfg.train.seeds or [cfg.train.seed])
+    facts = facts or check_training_data(features_dir)
+    if len(seeds) == 1:
+        one = apply_overrides(cfg, [f"train.seed={seeds[0]}"])
+        res = run_training(
+            one,
+            features_dir,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            facts=facts,
+            progress=progress,
+        )
+        return {**res, "seeds": seeds, "selected_on": "val", "per_seed": None}
+    with tracking.start_run(
+        tracking_uri,
+        cfg.tracking.experiment,
+        "train-seeds",
+        parent_run_id=parent_run_id,
+        tags={"avarnet.stage": "train"},
+    ) as parent:
+        parent.log_config(cfg)
+        results = []
+        for seed in seeds:
+            results.append(
+                run_training(
+                    apply_overrides(cfg, [f"train.seed={seed}"]),
+                    features_dir,
+                    tracking_uri=tracking_uri,
+                    parent_run_id=parent.run_id,
+                    run_name=f"train-seed{seed}",
+                    register=False,
+                    facts=facts,
+                    progress=progress,
+                )
+            )
+        summary = summarise_seeds(results)
+        for key, stats in summary.items():
+            parent.log_metrics({f"{key}_mean": stats["mean"], f"{key}_std": stats["std"]})
+        # The best on validation; the first seed on a tie.
+        chosen = max(results, key=lambda r: (r["best_val_score"], -seeds.index(r["seed"])))
+        parent.log_params({"seeds": seeds, "selected_seed": chosen["seed"], "selected_on": "val"})
+        per_seed = [
+            {k: r[k] for k in ("seed", "accuracy", "macro_f1", "best_val_macro_f1", "run_id")}
+            for r in results
+        ]
+        parent.log_dict({"per_seed": per_seed, "summary": summary}, "seeds.json")
+        model_uri = tracking.register_model(
+            parent, chosen["artifact_dir"], cfg.tracking.registered_model
+        )
+        return {
+            **chosen,
+            "model_uri": model_uri,
+            "run_id": parent.run_id,
+            "seed_run_id": chosen["run_id"],
+            "seeds": seeds,
+            "selected_on": "val",
+            "selected_seed": chosen["seed"],
+            "per_seed": per_seed,
+            "summary": summary,
         }

@@ -234,3 +234,50 @@ def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd
     assert ev["macro_f1"] == pytest.approx(trained["macro_f1"])
     assert (tmp_path / "eval" / "report.json").exists()
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_cli_train_seeds_reports_mean_and_std_and_registers_the_best_on_validation(
+    ray_session, tiny_features, tmp_path, capfd
+):
+    """`avarnet train --seeds 0,1`: one child run per seed under one parent run holding
+    every metric's mean and std; the registered model is the seed with the best
+    validation score (never chosen on test); the human report says so."""
+    from workflows.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", "--features", str(tiny_features), "--epochs", "2", "--workers", "0"]
+    common = [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path}", "train.lr=0.003"]
+    assert main([*args, "--seeds", "0,1", "--json", *common]) == 0
+    res = json.loads(capfd.readouterr().out)
+    assert res["seeds"] == [0, 1] and res["selected_on"] == "val"
+    per_seed = {row["seed"]: row for row in res["per_seed"]}
+    assert set(per_seed) == {0, 1}
+    acc = res["summary"]["accuracy"]
+    values = [per_seed[0]["accuracy"], per_seed[1]["accuracy"]]
+    assert acc["values"] == pytest.approx(values)
+    assert acc["mean"] == pytest.approx(np.mean(values))
+    assert acc["std"] == pytest.approx(np.std(values, ddof=1))
+
+    client = MlflowClient(uri)
+    parent = client.get_run(res["run_id"])
+    assert parent.data.metrics["accuracy_mean"] == pytest.approx(acc["mean"])
+    assert parent.data.params["selected_on"] == "val"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res['run_id']}'"
+    )
+    assert sorted(c.info.run_name for c in children) == ["train-seed0", "train-seed1"]
+    # The registered model is the seed whose best epoch scored best on validation.
+    scores = {
+        int(c.info.run_name[-1]): max(
+            m.value for m in client.get_metric_history(c.info.run_id, "best_val_score")
+        )
+        for c in children
+    }
+    best_seed = max(scores, key=lambda s: (scores[s], -s))
+    assert res["selected_seed"] == best_seed
+    version = client.get_model_version("avarnet", res["model_uri"].rsplit("/", 1)[1])
+    assert version.run_id == res["run_id"]
+
+    assert main([*args, "--seeds", "0,1", *common]) == 0
+    out = capfd.readouterr().out
+    assert "(selected on validation)" in out and "± " in out and "over 2 seeds" in out
