@@ -209,6 +209,13 @@ def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> No
         metrics = {**metrics, "best_val_score": best.score}
         metrics["converged"] = float(best.should_stop(epoch))  # patience ran out
         log_epoch(run.tracking_uri, run.run_id, metrics, step=epoch)
+        # A checkpoint when the best improved (it carries the weights the trial's model is
+        # made of; a restored trial goes on from there) or when the trial ends early.
+        improved = best.epoch == epoch
+        final = epoch == recipe.epochs - 1 or metrics["converged"]
+        if not (improved or final):
+            ray.tune.report(metrics)
+            return
         path = W.write_checkpoint(
             str(root),
             epoch,
@@ -274,10 +281,16 @@ def run_search(
     callbacks: list | None = None,
     progress: bool = True,
     facts=None,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a search; register the best trial's model as ``champion``.
+    """Run (or resume) a search; register the best model as ``champion``: the best
+    searched trial if it beats the default configuration on validation, else the default.
 
     Ray must be initialised. ``callbacks`` are Tune callbacks (tests use one to interrupt).
+    ``baseline``: the default configuration's model, trained already (the pipeline's train
+    stage): ``val_score``, ``val_macro_f1``, test ``accuracy`` and ``macro_f1``,
+    ``artifact_dir`` and its registered ``model_uri``; without it (and with
+    ``tune.baseline``) the search trains the default as one more trial.
 
     Raises:
         SearchInterrupted: the search stopped early (Ctrl-C); call again to resume.
@@ -381,7 +394,6 @@ def run_search(
                         name=exp_name,
                         storage_path=str(storage),
                         verbose=0,  # Tune's tables would print every trial's whole config
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                         callbacks=[
                             *(callbacks or []),
                             *(
@@ -406,15 +418,39 @@ def run_search(
                 )
             return grid, trials
 
-        baseline = None
-        if t.baseline:  # the configuration as given: what a trial has to beat
+        eval_split = "test" if facts.split_counts.get("test") else "val"
+        test_set = ft.read_features(features_dir, splits=[eval_split])
+        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
+
+        def from_result(result, out: Path) -> dict[str, Any]:
+            """A trial's best model as an artifact, evaluated on the test split."""
+            values = _sampled(result.config)
+            ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
+            with ckpt.as_directory() as d:
+                artifact, _ = artifact_from_checkpoint(
+                    d, facts.spec, apply_overrides(cfg, _overrides(values)), out
+                )
+            report = evaluate(Predictor.from_dir(artifact), test_set)
+            return {
+                "values": values,
+                "val_score": _score(result),
+                "val_macro_f1": float(result.metrics["best_val_macro_f1"]),
+                "artifact": artifact,
+                "accuracy": report["accuracy"],
+                "macro_f1": report["macro_f1"],
+                "model_uri": None,
+            }
+
+        default = None
+        if baseline is not None:  # the configuration as given, trained already (the pipeline)
+            default = {"values": {}, "artifact": Path(baseline["artifact_dir"]), **baseline}
+        elif t.baseline:  # train it here, as one trial: what a searched trial has to beat
             grid, rows = fit(f"{name}-default", 1, cfg.train.seed, baseline=True)
-            baseline = _best_result(grid)
             for tr in rows:
-                tr["baseline"] = True
                 tracking.end_trial_run(
                     tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
                 )
+            default = from_result(_best_result(grid), model_dir.with_name(f"{model_dir.name}-0"))
         grid, trials = fit(name, t.trials, cfg.train.seed)
         grids = [grid]
         if len(trials) < t.trials and not budget_hit():
@@ -431,45 +467,22 @@ def run_search(
                 tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
             )
         searched = max((_best_result(g) for g in grids), key=_score)
-        # The searched trial must beat the baseline on validation by more than
-        # min_improvement; a tie (frequent on small validation splits) keeps the baseline,
-        # the configuration that was not picked by looking at this validation split.
-        best = searched
-        if baseline is not None and _score(searched) <= _score(baseline) + t.min_improvement:
-            best = baseline
-        best_values = _sampled(best.config)
-        eval_split = "test" if facts.split_counts.get("test") else "val"
-        test_set = ft.read_features(features_dir, splits=[eval_split])
-        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
-
-        def evaluate_result(result, out: Path):
-            result_cfg = apply_overrides(cfg, _overrides(_sampled(result.config)))
-            ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
-            with ckpt.as_directory() as d:
-                artifact, _ = artifact_from_checkpoint(d, facts.spec, result_cfg, out)
-            return artifact, evaluate(Predictor.from_dir(artifact), test_set)
-
-        artifact, report = evaluate_result(best, model_dir)
-        default = None
-        if baseline is not None:
-            if best is baseline:
-                default_report = report
-            else:
-                _, default_report = evaluate_result(
-                    baseline, model_dir.with_name(f"{model_dir.name}-default")
-                )
-            default = {
-                "val_macro_f1": float(baseline.metrics["best_val_macro_f1"]),
-                "val_score": _score(baseline),
-                "accuracy": default_report["accuracy"],
-                "macro_f1": default_report["macro_f1"],
-            }
+        # A searched trial must beat the default on validation by more than min_improvement;
+        # a tie (frequent on small validation splits) keeps the default, the configuration
+        # that was not picked by looking at this validation split.
+        if default is not None and _score(searched) <= default["val_score"] + t.min_improvement:
+            best = default
+        else:
+            best = from_result(searched, model_dir)
+        champion_is_default = best is default
+        best_values = best["values"]
+        report = {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"]}
         wall = time.perf_counter() - t0
         parent.log_params({f"best.{k}": v for k, v in best_values.items()})
-        parent.log_params({"champion_is_default": best is baseline})
+        parent.log_params({"champion_is_default": champion_is_default, "selected_on": "val"})
         parent.log_metrics(
             {
-                "best_val_macro_f1": float(best.metrics["best_val_macro_f1"]),
+                "best_val_macro_f1": best["val_macro_f1"],
                 f"best_{eval_split}_accuracy": report["accuracy"],
                 f"best_{eval_split}_macro_f1": report["macro_f1"],
                 **(
@@ -488,9 +501,12 @@ def run_search(
         )
         parent.log_dict(trials, "trials.json")
         parent.log_artifact(plot_trials(trials, list(space), storage / f"{name}-trials.png"))
-        model_uri = tracking.register_model(
-            parent, artifact, cfg.tracking.registered_model, alias="champion"
-        )
+        if best.get("model_uri"):  # the default, registered by the train stage already
+            model_uri = tracking.set_alias(best["model_uri"], "champion", tracking_uri)
+        else:
+            model_uri = tracking.register_model(
+                parent, best["artifact"], cfg.tracking.registered_model, alias="champion"
+            )
     except SearchInterrupted:
         parent.end("KILLED")
         raise
@@ -500,10 +516,12 @@ def run_search(
     parent.end("FINISHED")
     return {
         "best_config": best_values,
-        "champion_is_default": best is baseline,
-        "default": default,
+        "champion_is_default": champion_is_default,
+        "default": None
+        if default is None
+        else {k: default[k] for k in ("val_macro_f1", "val_score", "accuracy", "macro_f1")},
         "selected_on": "val",
-        "best_macro_f1": float(best.metrics["best_val_macro_f1"]),
+        "best_macro_f1": best["val_macro_f1"],
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
         "eval_split": eval_split,

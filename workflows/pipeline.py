@@ -188,6 +188,7 @@ class Pipeline:
             progress=self.progress,
         )
         self.state["train_report"] = res.pop("report")
+        self.state["train_result"] = res
         res["metric"] = f"test acc {res['accuracy']:.3f}, macro-F1 {res['macro_f1']:.3f}"
         if res.get("summary"):
             acc = res["summary"]["accuracy"]
@@ -204,6 +205,14 @@ class Pipeline:
 
         # One search per configuration: an interrupted one resumes, a changed one is new.
         name = f"search-{_stage_hash(self.cfg, 'tune')[:8]}"
+        trained = dict(self.state.get("train_result") or self._done("train") or {})
+        keys = ("val_score", "val_macro_f1", "accuracy", "macro_f1", "artifact_dir", "model_uri")
+        baseline = None
+        if trained.get("best_val_score") is not None and self.cfg.tune.baseline:
+            # The train stage trained the default configuration: the search's baseline.
+            trained["val_score"] = trained["best_val_score"]
+            trained["val_macro_f1"] = trained["best_val_macro_f1"]
+            baseline = {k: trained[k] for k in keys}
         res = run_search(
             self.cfg,
             self.features_dir,
@@ -211,6 +220,7 @@ class Pipeline:
             parent_run_id=parent_run_id,
             name=name,
             progress=self.progress,
+            baseline=baseline,
         )
         res["metric"] = (
             f"best val F1 {res['best_macro_f1']:.3f}, {res['eval_split']} acc "

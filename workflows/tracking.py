@@ -305,6 +305,14 @@ def register_model(
     return f"models:/{name}/{version.version}"
 
 
+def set_alias(uri: str, alias: str, tracking_uri: str) -> str:
+    """Point ``alias`` at the registered version ``uri`` (``models:/name/3``); returns it."""
+    client = MlflowClient(tracking_uri)
+    mv = _model_version(client, uri)
+    client.set_registered_model_alias(mv.name, alias, mv.version)
+    return f"models:/{mv.name}/{mv.version}"
+
+
 def _model_version(client: MlflowClient, uri: str):
     """The registry entry of ``models:/name/3`` or ``models:/name@alias``."""
     ref = uri[len("models:/") :]
