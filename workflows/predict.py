@@ -202,6 +202,11 @@ def load_model(uri: str, tracking_uri: str | None, output_dir: str | os.PathLike
             raise CliError(f"{uri}: no such model folder (or use a models:/ or runs:/ URI)")
         predictor = tracking.load_predictor(str(folder), tracking_uri, output_dir)
         name, version = predictor.meta["model_name"], "local-" + _digest_folder(folder)
+    from avarnet.features.imported import encoder_problem
+
+    problem = encoder_problem(predictor.spec)
+    if problem:  # features imported from external backbones: nothing here can encode video
+        raise CliError(f"cannot score video files with {uri}: {problem}")
     digest = hashlib.sha256(predictor.spec.to_json().encode()).hexdigest()[:12]
     return predictor, ModelId(name, version, uri, digest)
 

@@ -188,3 +188,35 @@ def test_one_file_is_scored_without_ray(footage, model_dir, tmp_path):
     assert (
         bad.returncode == 2 and "not a video file" in bad.stderr and "Traceback" not in bad.stderr
     )
+
+
+def test_a_model_trained_on_imported_features_is_refused_in_one_line(tmp_path, capsys):
+    """A model whose features came from external backbones (I3D + VGGish, imported with
+    `avarnet import-features`) cannot score video files: exit 2 and one line naming why,
+    before any file is read (nothing tries to load "external:vggish" from a hub)."""
+    import torch
+
+    from avarnet.features.imported import imported_spec
+    from avarnet.models import create_model
+    from avarnet.predictor import save_artifact
+    from workflows.cli import main
+
+    spec = imported_spec()
+    kwargs = {"audio_dim": spec.audio_dim, "visual_dim": spec.visual_dim, "num_classes": 2}
+    torch.manual_seed(0)
+    model = create_model("avarnet_tiny", **kwargs)
+    folder = save_artifact(
+        tmp_path / "model",
+        model_name="avarnet_tiny",
+        model_kwargs=kwargs,
+        state_dict=model.state_dict(),
+        labels=["normal", "violent"],
+        feature_spec=spec,
+    )
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read")
+    code = main(["predict", str(clip), "--model", str(folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "cannot score video files" in err and "external backbones" in err
+    assert "Traceback" not in err
