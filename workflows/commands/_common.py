@@ -1,0 +1,87 @@
+"""What every verb of the ``avarnet`` command line shares: printing results (``--json``:
+exactly one JSON document on stdout), one-line errors and warnings, progress bars, and
+the configuration flags (``--config FILE`` plus ``section.key=value`` overrides)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from workflows import console
+
+# argparse's sub-parser registry has no public type name.
+SubParsers = argparse._SubParsersAction
+
+
+def emit(args: argparse.Namespace, result: dict, human: Callable[[dict], str]) -> None:
+    """Print ``result``: one JSON document with ``--json``, else ``human(result)``."""
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=str), file=console.out(), flush=True)
+    else:
+        print(human(result), file=console.out(), flush=True)
+
+
+def say_error(msg: str) -> None:
+    console.say(f"avarnet: error: {msg}")
+
+
+def say_warning(msg: str) -> None:
+    console.say(f"avarnet: warning: {msg}")
+
+
+def progress_callback(desc: str):
+    """A progress callback ``cb(done, total)`` drawing a bar on stderr."""
+    bar: dict = {}
+
+    def cb(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = console.progress_bar(total, desc, "clip")
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return cb
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.lr=3e-4 model.num_stages=2",
+    )
+
+
+def load_cfg(args: argparse.Namespace, extra: list[str]):
+    from avarnet.config import load_config
+
+    return load_config(args.config, list(extra) + list(args.overrides or []))
+
+
+def flag_overrides(args: argparse.Namespace, pairs: tuple[tuple[str, str], ...]) -> list[str]:
+    """``key=value`` overrides for the command-line flags that were given."""
+    return [
+        f"{key}={getattr(args, flag)}" for flag, key in pairs if getattr(args, flag) is not None
+    ]
+
+
+def beside(path: str):
+    """Logs of a verb that writes ``path``: ``<parent of path>/logs``."""
+    from pathlib import Path
+
+    return Path(path).resolve().parent / "logs"
+
+
+def config_log_dir(args: argparse.Namespace):
+    from pathlib import Path
+
+    return Path(load_cfg(args, []).output_dir).resolve() / "logs"
+
+
+def tracking_uri_for(cfg, root) -> str:
+    from workflows.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(cfg.tracking, root)

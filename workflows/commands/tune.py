@@ -1,0 +1,119 @@
+"""``avarnet tune``: the Ray Tune hyperparameter search."""
+
+from __future__ import annotations
+
+import argparse
+
+from workflows.commands._common import (
+    SubParsers,
+    add_config_args,
+    beside,
+    emit,
+    flag_overrides,
+    load_cfg,
+    say_error,
+    tracking_uri_for,
+)
+
+
+def add(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Ray Tune; the best model becomes the champion",
+        description=(
+            "Search the training hyperparameters (learning rate, stages, layers, filters, "
+            "dropout, smoothing weight, modality dropout, fusion mode; tune.space in the "
+            "config) with Ray Tune: Optuna (TPE) proposes, ASHA stops weak trials on "
+            "validation macro-F1. Every trial trains with the same trainer as `avarnet "
+            "train`. The best trial's model is evaluated on the test split and registered in "
+            "MLflow as a new version of 'avarnet' with the alias 'champion'. Interrupted "
+            "(Ctrl-C)? Run the same command again: the search resumes where it stopped."
+        ),
+    )
+    p.add_argument("--features", required=True, help="feature table folder (avarnet extract)")
+    p.add_argument("--trials", type=int, help="number of trials (default 8)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default 1)")
+    p.add_argument("--time-budget-s", type=float, help="stop starting trials after this long")
+    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--name", default="search", help="search name; the same name resumes it")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_config_args(p)
+    p.set_defaults(func=_run_tune, log_dir=lambda a: beside(a.features))
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tune.search import SearchInterrupted, check_search_settings, run_search
+    from workflows.runtime import check_durable_path, ray_session
+    from workflows.train import check_training_data
+
+    check_durable_path(args.features, "--features")
+    features = Path(args.features).resolve()
+    extra = [f"output_dir={features.parent}"] + flag_overrides(
+        args,
+        (
+            ("trials", "tune.trials"),
+            ("max_concurrent", "tune.max_concurrent"),
+            ("time_budget_s", "tune.time_budget_s"),
+            ("epochs", "train.epochs"),
+        ),
+    )
+    cfg = load_cfg(args, extra)
+    check_search_settings(cfg)  # settings that cannot work fail here, before Ray starts
+    uri = tracking_uri_for(cfg, Path(cfg.output_dir))
+    check_training_data(features)  # bad data fails here, before Ray starts
+    try:
+        with ray_session():
+            res = run_search(
+                cfg, features, tracking_uri=uri, name=args.name, progress=not args.json
+            )
+    except SearchInterrupted as err:
+        say_error(str(err))
+        return 130
+    keys = ("best_config", "best_macro_f1", "model_uri", "trials_completed", "trials_stopped_early")
+    result = {k: res[k] for k in keys}
+    result.update(
+        {
+            "accuracy": res["accuracy"],
+            "macro_f1": res["macro_f1"],
+            "trials_failed": res["trials_failed"],
+            "run_id": res["run_id"],
+            "wall_seconds": round(res["wall_seconds"], 1),
+            "resumed": res["resumed"],
+            "default": res["default"],
+            "champion_is_default": res["champion_is_default"],
+            "selected_on": res["selected_on"],
+        }
+    )
+
+    def human(r: dict) -> str:
+        lines = [f"{'trial':<12}{'outcome':<15}{'epochs':>7}{'val F1':>8}  values"]
+        for t in res["trials"]:
+            vals = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in t.items()
+                if "." in k
+            )
+            f1 = t["val_macro_f1"]
+            lines.append(
+                f"{t['trial_id']:<12}{t['outcome']:<15}{t['epochs']:>7}"
+                f"{'' if f1 is None else f'{f1:.3f}':>8}  {vals}"
+            )
+        split = res["eval_split"]
+        if r["default"]:
+            d = r["default"]
+            lines.append(
+                f"{'default':<12}{'baseline':<15}{'':>7}{d['val_macro_f1']:>8.3f}  "
+                f"(the configuration as given; {split} accuracy {d['accuracy']:.3f})"
+            )
+        who = "the default" if r["champion_is_default"] else "the best searched trial"
+        lines.append(
+            f"champion: {who}, selected on validation (val macro-F1 {r['best_macro_f1']:.3f}); "
+            f"{split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}; {r['model_uri']}"
+        )
+        lines.append(f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {uri}")
+        return "\n".join(lines)
+
+    emit(args, result, human)
+    return 0
