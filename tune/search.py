@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from avarnet.config import Config, ConfigError, apply_overrides, config_to_dict
+from workflows import private_api
 
 __all__ = [
     "SEARCH_SPACE",
@@ -671,7 +672,7 @@ def _trial_table(grid, max_epochs: int) -> list[dict[str, Any]]:
     unfinished (pending or paused: the search was interrupted)."""
     # Trial statuses are only on the experiment analysis behind the grid.
     rows = []
-    for res, trial in zip(grid, grid._experiment_analysis.trials):
+    for res, trial in zip(grid, private_api.tune_trials(grid)):
         status = trial.status
         metrics = res.metrics or {}
         epochs = int(metrics.get("training_iteration", 0))

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from workflows import private_api
+
 # Environment of every Ray worker process we start:
 # - Ray Data operators and Ray Train's split coordinator would otherwise print per-operator
 #   progress bars into the driver's log (our own progress is a tqdm bar per stage);
@@ -84,12 +86,7 @@ def quiet_driver() -> None:
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:  # Ray Train's per-epoch "Reporting training result ..." logger is named by its file
-        from ray.train.v2._internal.execution import context
-
-        logging.getLogger(context.__file__).setLevel(logging.WARNING)
-    except ImportError:  # pragma: no cover - another Ray version
-        pass
+    private_api.quiet_train_report_logger(logging.WARNING)
 
 
 @contextmanager
@@ -116,12 +113,10 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
 
 def remove_placement_groups(pg_ids: list[str]) -> None:
     """Remove placement groups by their hex ids (``ray.util.placement_group_table`` keys)."""
-    from ray._raylet import PlacementGroupID
     from ray.util import remove_placement_group
-    from ray.util.placement_group import PlacementGroup
 
     for pg_id in pg_ids:
-        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+        remove_placement_group(private_api.placement_group_from_hex(pg_id))
 
 
 def project_root() -> str:
