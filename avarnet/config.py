@@ -105,7 +105,10 @@ class ModelConfig:
     num_filters: int | None = None
     dropout: float | None = None
     pooling: str | None = None  # mean | topk
-    modality_dropout: float = 0.2
+    # Off by default: on the 12-clips-per-class benchmark 0.2 was mixed (better with a
+    # LayerNorm-only model, no better with the default fusion norm; README, Model and
+    # training); turn it on for data with missing or unreliable streams.
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("model.fusion", self.fusion, ("early", "late", "audio", "visual"))
@@ -120,10 +123,14 @@ class ModelConfig:
 class TrainConfig:
     """Training (Ray Train)."""
 
-    epochs: int = 30
+    # The recipe was chosen on the 12-clips-per-class benchmark (80 training clips; README,
+    # Model and training): 30 epochs at 1e-3 stopped while still improving (best epoch =
+    # last epoch); 60 epochs at 3e-3 with a 3-epoch warm-up and a cosine decay converge and
+    # end at a low learning rate, so the best-on-validation epoch is not a noisy peak.
+    epochs: int = 60
     batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = 3e-3
+    weight_decay: float = 0.05  # AdamW; 1e-4 was weaker on small data (0.77 vs 0.82)
     smoothing_weight: float = 0.15
     workers: int = 1
     gpus_per_worker: float = 0.0
@@ -138,9 +145,9 @@ class TrainConfig:
     max_segments: int = 512  # longer clips are cut to this many steps for training
     # The recipe (avarnet.training): label smoothing of the classification term, a linear
     # warm-up then a constant or cosine learning rate, gradient clipping, early stopping.
-    label_smoothing: float = 0.0
-    warmup_epochs: int = 0
-    schedule: str = "constant"  # constant | cosine
+    label_smoothing: float = 0.0  # 0.1 measured no better
+    warmup_epochs: int = 3
+    schedule: str = "cosine"  # constant | cosine
     min_lr_ratio: float = 0.0  # where the cosine schedule ends, as a fraction of lr
     grad_clip: float | None = None
     patience: int | None = None  # stop after this many epochs without a better val score

@@ -311,7 +311,6 @@ class Encoder:
     def __init__(
         self,
         spec: dict[str, Any],
-        chunk_segments: int = 32,
         threads: int = 0,
         max_batch_size: int = 4,
         batch_wait_timeout_s: float = 0.0,
@@ -330,9 +329,9 @@ class Encoder:
         torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.encoders = build_encoders(FeatureSpec.from_dict(spec), device=device)
-        self.opts = self.encoders.spec.decode_options(chunk_segments=chunk_segments)
+        self.opts = self.encoders.spec.decode_options()  # chunked as the model's features
         self.limits = ClipLimits(**(limits or {}))
-        self.segment_budget = chunk_segments * max_batch_size
+        self.segment_budget = self.opts.chunk_segments * max_batch_size
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.long_lane = asyncio.Semaphore(1)  # long clips: one at a time per replica
@@ -903,7 +902,6 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     a = fit_resources(AppArgs.from_dict(dict(args or {})))
     ref = resolve_model(a.model, a.tracking_uri, a.output_dir)
     check_encodable(ref)
-    chunk_segments = int(ref.meta.get("config", {}).get("features", {}).get("chunk_segments", 32))
     limits = asdict(a.limits())
     encoder = Encoder.options(
         ray_actor_options={"num_cpus": a.encoder_cpus, "num_gpus": a.encoder_gpus},
@@ -917,7 +915,6 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         },
     ).bind(
         ref.meta["feature_spec"],
-        chunk_segments=chunk_segments,
         threads=a.threads,
         max_batch_size=a.max_batch_size,
         batch_wait_timeout_s=a.batch_wait_timeout_s,

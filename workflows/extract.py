@@ -5,10 +5,10 @@
     manifest rows ─► decode (CPU tasks, decord) ─► encoders (actor pool, GPU when asked)
                   ─► driver assembles clips from chunks ─► part-*.parquet + errors.parquet
 
-Long clips are decoded and encoded ``chunk_segments`` segments at a time, so no stage ever
-holds a whole long clip's frames. The driver joins a clip's chunk features (small: T x D)
-and writes parts atomically every ``flush_clips`` clips, so an interrupted run keeps what
-it finished and a re-run skips it. A clip that fails (decode or encode) goes to
+Long clips are decoded and encoded the FeatureSpec's ``chunk_segments`` segments at a
+time, so no stage ever holds a whole long clip's frames. The driver joins a clip's chunk
+features (small: T x D) and writes parts atomically every ``flush_clips`` clips, so an
+interrupted run keeps what it finished and a re-run skips it. A clip that fails (decode or encode) goes to
 ``errors.parquet`` and the job goes on.
 """
 
@@ -46,6 +46,7 @@ def spec_from_config(cfg: Config) -> FeatureSpec:
             "segment_seconds": f.segment_seconds,
             "segment_frames": f.segment_frames,
             "frames_per_segment": f.frames_per_segment,
+            "chunk_segments": f.chunk_segments,
         }.items()
         if v is not None
     }
@@ -76,7 +77,6 @@ def extract_with_config(
         encoder_cpus=f.encoder_cpus,
         clips_per_task=f.clips_per_task,
         threads_per_worker=f.threads_per_worker,
-        chunk_segments=f.chunk_segments,
         batch_size=f.batch_size,
         progress=progress,
         logger=logger,
@@ -140,7 +140,7 @@ def _error_row(row: dict, stage: str, message: str, opts: DecodeOptions) -> dict
 def decode_row(row: dict, *, opts: DecodeOptions) -> Iterator[dict]:
     """One manifest row -> its decoded chunks, then possibly one error row. Runs in Ray
     tasks. A generator: Ray Data cuts its output into blocks as it goes, so a long clip is
-    never held whole in memory (one chunk is ``chunk_segments`` segments of frames)."""
+    never held whole in memory (one chunk: the spec's ``chunk_segments`` segments of frames)."""
     try:
         for c in iter_chunks(row["path"], opts):
             yield {
@@ -401,7 +401,6 @@ def encoded_chunks(
     decode_workers: int | None = None,
     encoder_cpus: float = 1.0,
     clips_per_task: int = 1,
-    chunk_segments: int = 32,
     batch_size: int = 4,
     threads_per_worker: int | None = None,
 ):
@@ -411,7 +410,7 @@ def encoded_chunks(
     until it is iterated (:class:`Assembler` joins a clip's chunks)."""
     import ray
 
-    opts = spec.decode_options(chunk_segments=chunk_segments)
+    opts = spec.decode_options()  # chunked as the spec says (the audio context)
     items = [{"video_id": r["video_id"], "path": r["path"]} for r in rows]
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
     ds = ds.flat_map(
@@ -439,7 +438,6 @@ def run_extract(
     decode_workers: int | None = None,
     encoder_cpus: float = 1.0,
     clips_per_task: int = 1,
-    chunk_segments: int = 32,
     batch_size: int = 4,
     flush_clips: int = 64,
     threads_per_worker: int | None = None,
@@ -481,7 +479,6 @@ def run_extract(
             decode_workers=decode_workers,
             encoder_cpus=encoder_cpus,
             clips_per_task=clips_per_task,
-            chunk_segments=chunk_segments,
             batch_size=batch_size,
             threads_per_worker=threads_per_worker,
         )

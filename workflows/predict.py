@@ -361,7 +361,6 @@ def run_predict(
     gpus_per_worker: float = 0.0,
     encoder_cpus: float = 1.0,
     decode_cpus: float = 1.0,
-    chunk_segments: int = 32,
     batch_clips: int = 16,
     progress: bool = True,
     logger: Any = None,
@@ -407,7 +406,6 @@ def run_predict(
             gpus_per_worker=gpus_per_worker,
             encoder_cpus=encoder_cpus,
             decode_cpus=decode_cpus,
-            chunk_segments=chunk_segments,
         )
         bar = console.progress_bar(len(plan.todo), "predict", "clip", disable=not progress)
         try:

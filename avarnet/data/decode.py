@@ -74,6 +74,7 @@ import numpy as np
 
 __all__ = [
     "DECODERS",
+    "DEFAULT_CHUNK_SEGMENTS",
     "ClipChunk",
     "ClipHeader",
     "ClipInfo",
@@ -90,6 +91,10 @@ __all__ = [
 
 DECODERS = ("auto", "decord", "pyav")
 """Values of ``DecodeOptions.decoder``: ``"auto"`` is decord with a per-clip PyAV fallback."""
+
+DEFAULT_CHUNK_SEGMENTS = 32
+"""Segments decoded (and encoded) together by default. It is also the audio context of the
+features, so it is recorded in every FeatureSpec (:mod:`avarnet.features.spec`)."""
 
 
 class DecodeError(Exception):
@@ -114,7 +119,7 @@ class DecodeOptions:
     frames_per_segment: int = 8
     image_size: int = 256
     sample_rate: int = 16000
-    chunk_segments: int = 32
+    chunk_segments: int = DEFAULT_CHUNK_SEGMENTS
     threads: int = 1
     decoder: str = "auto"
 

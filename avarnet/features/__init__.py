@@ -1,8 +1,10 @@
 """Audio-visual features on a segment grid.
 
 - :mod:`~avarnet.features.spec`: :class:`FeatureSpec`, what makes features comparable.
-- :mod:`~avarnet.features.backbones`: presets, backbone loading, :func:`build_feature_spec`,
+- :mod:`~avarnet.features.backbones`: presets, :func:`build_feature_spec`,
   :func:`build_encoders`.
+- :mod:`~avarnet.features.audio` (Wav2Vec2) and :mod:`~avarnet.features.visual` (timm
+  MobileViT): loading the backbones; :mod:`~avarnet.features.weights`: how weights are named.
 - :mod:`~avarnet.features.extractor`: :class:`FeatureEncoders`, chunks -> ``(n, Da)``,
   ``(n, Dv)`` features.
 - :mod:`~avarnet.features.align`: backbone frames -> segments.
@@ -23,8 +25,8 @@ _EXPORTS = {
     "PRESETS": "avarnet.features.backbones",
     "build_feature_spec": "avarnet.features.backbones",
     "build_encoders": "avarnet.features.backbones",
-    "load_audio_backbone": "avarnet.features.backbones",
-    "load_visual_backbone": "avarnet.features.backbones",
+    "load_audio_backbone": "avarnet.features.audio",
+    "load_visual_backbone": "avarnet.features.visual",
     "ClipFeatures": "avarnet.features.extractor",
     "FeatureEncoders": "avarnet.features.extractor",
     "pool_to_segments": "avarnet.features.align",

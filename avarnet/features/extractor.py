@@ -88,8 +88,8 @@ class FeatureEncoders:
         visual_batch_size: frames per visual forward pass.
         audio_batch_size: equal-length audio windows per Wav2Vec2 forward pass.
         max_audio_seconds: longest audio window, in seconds. The default covers one default
-            chunk (32 segments of 1 s) in one window; longer chunks are cut into equal
-            windows on the 20 ms frame grid.
+            chunk (``DEFAULT_CHUNK_SEGMENTS`` segments of 1 s) in one window; longer chunks
+            are cut into equal windows on the 20 ms frame grid.
     """
 
     def __init__(
@@ -273,15 +273,14 @@ class FeatureEncoders:
         self,
         path: str | os.PathLike,
         *,
-        chunk_segments: int = 32,
         threads: int = 1,
         decoder: str = "auto",
     ) -> ClipFeatures:
-        """Decode and encode a whole clip, chunk by chunk (bounded memory).
+        """Decode and encode a whole clip, chunk by chunk (bounded memory): the spec's
+        ``chunk_segments`` segments at a time, which is also the audio context.
 
         Args:
             path: a video file.
-            chunk_segments: segments decoded and encoded together (also the audio context).
             threads: decoder threads.
             decoder: ``"auto"`` (decord, PyAV where decord cannot read the clip), ``"decord"``
                 or ``"pyav"``; ``info.decoder`` of the result says which one read it.
@@ -291,9 +290,7 @@ class FeatureEncoders:
         """
         from avarnet.data.decode import iter_chunks
 
-        opts = self.spec.decode_options(
-            chunk_segments=chunk_segments, threads=threads, decoder=decoder
-        )
+        opts = self.spec.decode_options(threads=threads, decoder=decoder)
         audio, visual, bounds = [], [], []
         chunk = None
         for chunk in iter_chunks(path, opts):

@@ -27,6 +27,10 @@ Field meanings and units:
   segment (see :mod:`avarnet.data.decode`); ``frames_per_segment`` K frames per segment.
 - ``audio_dim`` / ``visual_dim``: feature sizes Da, Dv. ``pooling``: how backbone frames
   are reduced to one vector per segment (``"mean"``).
+- ``chunk_segments``: segments decoded and encoded together. Wav2Vec2 sees one chunk's
+  audio at a time, so this is the audio context and changes the audio features. Specs
+  written before it was recorded read as :data:`DEFAULT_CHUNK_SEGMENTS`, the value every
+  table and model used then.
 
 :meth:`FeatureSpec.check_compatible` compares every field but two kinds: ``preset`` is only a
 label (the preset the spec was built from), and the path of local weights
@@ -44,9 +48,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from avarnet.data.decode import DecodeOptions
+# The default is written once, beside the chunked decoding it sizes (the data layer
+# cannot import this module); it is the FeatureSpec's default, read from here.
+from avarnet.data.decode import DEFAULT_CHUNK_SEGMENTS, DecodeOptions
 
-__all__ = ["FeatureSpec", "FeatureSpecMismatch", "POOLINGS"]
+__all__ = ["DEFAULT_CHUNK_SEGMENTS", "FeatureSpec", "FeatureSpecMismatch", "POOLINGS"]
 
 POOLINGS = ("mean",)
 # Fields that label a spec without changing what its features mean.
@@ -92,6 +98,7 @@ class FeatureSpec:
     audio_dim: int
     visual_dim: int
     pooling: str = "mean"
+    chunk_segments: int = DEFAULT_CHUNK_SEGMENTS
 
     def __post_init__(self) -> None:
         # Normalise types so that a spec read from JSON equals the one that was written.
@@ -99,7 +106,8 @@ class FeatureSpec:
         set_(self, "mean", tuple(float(x) for x in self.mean))
         set_(self, "std", tuple(float(x) for x in self.std))
         set_(self, "segment_seconds", float(self.segment_seconds))
-        for name in ("sample_rate", "image_size", "frames_per_segment", "audio_dim", "visual_dim"):
+        positive = ("sample_rate", "image_size", "frames_per_segment", "audio_dim", "visual_dim")
+        for name in (*positive, "chunk_segments"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"FeatureSpec.{name} must be a positive integer, got {value!r}")
@@ -170,15 +178,12 @@ class FeatureSpec:
 
     # -- use -----------------------------------------------------------------------------
 
-    def decode_options(
-        self, chunk_segments: int = 32, threads: int = 1, decoder: str = "auto"
-    ) -> DecodeOptions:
-        """The :class:`~avarnet.data.decode.DecodeOptions` that produce this spec's inputs.
+    def decode_options(self, threads: int = 1, decoder: str = "auto") -> DecodeOptions:
+        """The :class:`~avarnet.data.decode.DecodeOptions` that produce this spec's inputs,
+        chunked by the spec's ``chunk_segments`` (the audio context).
 
-        ``chunk_segments`` (segments decoded and encoded together), ``threads`` (decoder
-        threads) and ``decoder`` (``DecodeOptions.decoder``) are run-time choices. Note that Wav2Vec2 sees one chunk's audio at a time, so
-        ``chunk_segments`` bounds the audio context: keep the default for tables that will be
-        compared.
+        ``threads`` (decoder threads) and ``decoder`` (``DecodeOptions.decoder``) are
+        run-time choices: they do not change the features.
         """
         return DecodeOptions(
             segment_seconds=self.segment_seconds,
@@ -186,7 +191,7 @@ class FeatureSpec:
             frames_per_segment=self.frames_per_segment,
             image_size=self.image_size,
             sample_rate=self.sample_rate,
-            chunk_segments=chunk_segments,
+            chunk_segments=self.chunk_segments,
             threads=threads,
             decoder=decoder,
         )

@@ -92,6 +92,7 @@ class AVARNet(nn.Module):
         num_classes: int,
         *,
         fusion: str = "early",
+        fusion_norm: str = "layer",
         num_stages: int = 4,
         num_layers: int = 10,
         num_filters: int = 64,
@@ -123,6 +124,7 @@ class AVARNet(nn.Module):
             "visual_dim": visual_dim,
             "num_classes": num_classes,
             "fusion": fusion,
+            "fusion_norm": fusion_norm,
             "num_stages": num_stages,
             "num_layers": num_layers,
             "num_filters": num_filters,
@@ -144,7 +146,9 @@ class AVARNet(nn.Module):
         self.multilabel = multilabel
         # One branch (fusion -> MTCN) per mode; late fusion has an audio and a visual branch.
         modes = ("audio", "visual") if fusion == "late" else (fusion,)
-        self.fusions = nn.ModuleList(EarlyFusion(audio_dim, visual_dim, mode=m) for m in modes)
+        self.fusions = nn.ModuleList(
+            EarlyFusion(audio_dim, visual_dim, mode=m, norm=fusion_norm) for m in modes
+        )
         self.tcns = nn.ModuleList(
             MultiStageTCN(
                 f.output_dim,

@@ -66,10 +66,21 @@ def _avarnet(name: str, overrides: dict[str, Any], **preset: Any) -> AVARNet:
 
 @register_model
 def avarnet_tiny(**overrides: Any) -> AVARNet:
-    """2 stages x 6 layers x 32 filters, kernel 3, dropout 0.3 (receptive field 253
-    segments): small and fast, for tests and the CPU demo."""
+    """2 stages x 3 layers x 32 filters, kernel 3, dropout 0.3 (receptive field 29
+    segments), fusion norm ``layer+batch``: small and fast, for tests and the CPU demo.
+
+    Three layers, not six: on short clips (the 4-segment benchmark) layers of dilation 8+
+    see only padding and add parameters, not context; with the per-feature standardisation
+    of ``layer+batch`` it lifted early fusion on the 12-clips-per-class benchmark from
+    0.72 (six layers, LayerNorm) to 0.88 mean test accuracy (README, Model and training)."""
     return _avarnet(
-        "avarnet_tiny", overrides, num_stages=2, num_layers=6, num_filters=32, dropout=0.3
+        "avarnet_tiny",
+        overrides,
+        num_stages=2,
+        num_layers=3,
+        num_filters=32,
+        dropout=0.3,
+        fusion_norm="layer+batch",
     )
 
 

@@ -90,6 +90,18 @@ def test_features_of_another_spec_are_refused(tmp_path):
     assert "frames_per_segment" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_features_of_another_chunk_length_are_refused(tmp_path):
+    # The chunk length is Wav2Vec2's audio context: a model of 16-segment chunks refuses
+    # a table extracted with the default 32.
+    from avarnet.features.spec import FeatureSpecMismatch
+
+    d = _table(tmp_path, GOOD)  # build_feature_spec("tiny"): chunk_segments 32
+    with pytest.raises(FeatureSpecMismatch, match="another FeatureSpec") as err:
+        check_training_data(d, build_feature_spec("tiny", chunk_segments=16))
+    assert set(err.value.differences) == {"chunk_segments"}
+    assert "chunk_segments: 16 != 32" in str(err.value)
+
+
 def test_cli_train_bad_input_is_one_line_exit_2(tmp_path, capsys):
     from workflows.cli import main
 

@@ -114,10 +114,6 @@ def _run_predict(args: argparse.Namespace) -> int:
             gpus_per_worker=gpus,
             encoder_cpus=cfg.features.encoder_cpus,
             decode_cpus=cfg.features.decode_cpus,
-            # as the model's features were extracted (it sets Wav2Vec2's audio context)
-            chunk_segments=int(
-                predictor.meta.get("config", {}).get("features", {}).get("chunk_segments", 32)
-            ),
             progress=not args.json,
             logger=run,
         )

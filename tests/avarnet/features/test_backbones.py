@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from avarnet.features.backbones import (
-    build_encoders,
-    build_feature_spec,
-    load_audio_backbone,
-    load_visual_backbone,
-    random_audio_backbone,
-)
+from avarnet.features.audio import load_audio_backbone, random_audio_backbone
+from avarnet.features.backbones import build_encoders, build_feature_spec
 from avarnet.features.spec import FeatureSpecMismatch
+from avarnet.features.visual import load_visual_backbone
 
 
 def _abs_sum(model: torch.nn.Module) -> float:

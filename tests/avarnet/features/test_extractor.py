@@ -152,7 +152,11 @@ def test_encode_clip_on_a_real_video(spec, enc, tmp_path):
     np.testing.assert_array_equal(feats.audio, a)
     np.testing.assert_array_equal(feats.visual, v)
     # Frames do not depend on how the clip is chunked (audio context does, at chunk edges).
-    chunked = enc.encode_clip(path, chunk_segments=2)
+    short = FeatureEncoders(
+        dataclasses.replace(spec, chunk_segments=2), enc.audio_model, enc.visual_model
+    )
+    chunked = short.encode_clip(path)
+    assert chunked.info.duration_s == feats.info.duration_s
     np.testing.assert_allclose(chunked.visual, v, atol=1e-5)
     np.testing.assert_allclose(chunked.bounds_s, feats.bounds_s)
 

@@ -8,7 +8,7 @@ import pytest
 
 from avarnet.data.decode import DecodeOptions
 from avarnet.features.backbones import PRESETS, build_feature_spec
-from avarnet.features.spec import FeatureSpec, FeatureSpecMismatch
+from avarnet.features.spec import DEFAULT_CHUNK_SEGMENTS, FeatureSpec, FeatureSpecMismatch
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def test_local_weights_compare_by_digest_not_path(spec):
 
 
 def test_decode_options(spec):
-    opts = spec.decode_options(chunk_segments=8)
+    assert spec.chunk_segments == DEFAULT_CHUNK_SEGMENTS
+    opts = dataclasses.replace(spec, chunk_segments=8).decode_options()
     assert opts == DecodeOptions(
         segment_seconds=1.0,
         segment_frames=None,
@@ -101,3 +102,22 @@ def test_build_feature_spec_rejects_bad_names():
         build_feature_spec("tiny", mean=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="colour \\(unknown\\)"):
         build_feature_spec("tiny", colour=1)
+
+
+def test_chunk_segments_is_part_of_the_spec(spec):
+    # Wav2Vec2 sees one chunk's audio at a time: the chunk length changes the features.
+    short = build_feature_spec("tiny", chunk_segments=16)
+    assert short.diff(spec) == {"chunk_segments": (16, DEFAULT_CHUNK_SEGMENTS)}
+    with pytest.raises(FeatureSpecMismatch, match="chunk_segments: 16 != 32") as info:
+        short.check_compatible(spec)
+    assert set(info.value.differences) == {"chunk_segments"}
+    with pytest.raises(ValueError, match="chunk_segments"):
+        dataclasses.replace(spec, chunk_segments=0)
+
+
+def test_specs_written_before_chunk_segments_read_as_the_default(spec):
+    # Feature tables and models saved before the field existed used the default.
+    old = spec.to_dict()
+    del old["chunk_segments"]
+    assert FeatureSpec.from_dict(old) == spec
+    assert FeatureSpec.from_dict(old).chunk_segments == DEFAULT_CHUNK_SEGMENTS

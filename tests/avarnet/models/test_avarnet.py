@@ -110,7 +110,8 @@ def test_modality_dropout_drops_one_stream_never_both():
     """Training with p=1 (and no feature dropout): every clip loses exactly one stream;
     a clip without audio keeps its visual stream."""
     torch.manual_seed(0)
-    model = tiny(modality_dropout=1.0, dropout=0.0)
+    # LayerNorm only: batch statistics would make training and evaluation outputs differ.
+    model = tiny(modality_dropout=1.0, dropout=0.0, fusion_norm="layer")
     _, audio, visual, mask = padded([6] * 32)
     has_audio = torch.ones(32, dtype=torch.bool)
     has_audio[:8] = False
@@ -168,8 +169,9 @@ def test_invalid_arguments(kwargs, match):
 
 
 # Computed once with torch 2.14 (CPU).
-GOLDEN_CLIP = [-0.067418, 0.148936, 0.474265]
-GOLDEN_SEGMENTS_0_AND_7 = [[0.023954, 0.144329, 0.377061], [-0.157982, 0.129613, 0.534805]]
+# avarnet_tiny: 2 x 3 x 32, fusion norm layer+batch (running statistics at initialisation)
+GOLDEN_CLIP = [-0.006194, -0.071992, -0.268]
+GOLDEN_SEGMENTS_0_AND_7 = [[-0.007835, -0.177545, -0.267902], [-0.028752, 0.037759, -0.257114]]
 
 
 def test_golden_values():
@@ -183,3 +185,27 @@ def test_golden_values():
     torch.testing.assert_close(
         out["segment_logits"][0, [0, 7]], torch.tensor(GOLDEN_SEGMENTS_0_AND_7), atol=1e-4, rtol=0
     )
+
+
+def test_layer_batch_norm_standardises_valid_steps_and_keeps_padding_out():
+    """``fusion_norm="layer+batch"``: in training every feature has zero mean and unit
+    variance over the batch's valid steps; padded steps neither count nor change; at
+    evaluation (running statistics) a padded batch gives each clip's own result."""
+    torch.manual_seed(0)
+    model = tiny(fusion_norm="layer+batch")
+    _, audio, visual, mask = padded([8, 5, 3])
+    fused = model.fusions[0](audio * 5 + 2, visual, mask)
+    valid = fused[mask]
+    torch.testing.assert_close(valid.mean(0), torch.zeros(DA + DV), atol=1e-5, rtol=0)
+    torch.testing.assert_close(valid.var(0, unbiased=False), torch.ones(DA + DV), atol=1e-3, rtol=0)
+    assert torch.all(fused[~mask] == 0)
+    for _ in range(3):  # running statistics
+        model(audio, visual, mask)
+    model.eval()
+    batch = model(audio, visual, mask)["clip_logits"]
+    for i, n in enumerate([8, 5, 3]):
+        alone = model(audio[i : i + 1, :n], visual[i : i + 1, :n])["clip_logits"]
+        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-5, rtol=1e-4)
+    model.train()  # one valid step has no batch statistics: the running ones are used
+    one = model(audio[:1, :1], visual[:1, :1])["clip_logits"]
+    assert torch.isfinite(one).all()

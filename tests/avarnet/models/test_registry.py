@@ -15,8 +15,9 @@ def test_presets_are_listed_and_build():
     assert list_models() == sorted(list_models())
     tiny = create_model("avarnet_tiny", **DIMS)
     assert isinstance(tiny, AVARNet) and tiny.model_name == "avarnet_tiny"
-    assert (tiny.init_kwargs["num_stages"], tiny.init_kwargs["num_layers"]) == (2, 6)
+    assert (tiny.init_kwargs["num_stages"], tiny.init_kwargs["num_layers"]) == (2, 3)
     assert (tiny.init_kwargs["num_filters"], tiny.init_kwargs["dropout"]) == (32, 0.3)
+    assert tiny.init_kwargs["fusion_norm"] == "layer+batch" and tiny.receptive_field == 29
 
 
 def test_base_preset_is_the_ms_tcn_default():
@@ -24,6 +25,7 @@ def test_base_preset_is_the_ms_tcn_default():
     kw = model.init_kwargs
     assert (kw["num_stages"], kw["num_layers"], kw["num_filters"]) == (4, 10, 64)
     assert (kw["kernel_size"], kw["dropout"], kw["fusion"]) == (3, 0.5, "early")
+    assert kw["fusion_norm"] == "layer"  # DESIGN.md's per-modality LayerNorm
     assert model.fusions[0].output_dim == 1408
     assert model.receptive_field == 8185
 

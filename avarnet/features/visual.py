@@ -1,0 +1,158 @@
+"""The visual backbone: a timm model (MobileViT) returning pooled features per frame.
+
+Weights are timm's pretrained ones (``timm.create_model(pretrained=True)``), a local
+checkpoint file, or random (``random:seed=<n>``, a pure function of the seed). Mean, std,
+input size and interpolation come from ``timm.data.resolve_data_config``. timm is imported
+inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avarnet.features.weights import RANDOM_PREFIX, hub_hint, parse_seed, sha256_files
+
+__all__ = [
+    "VisualBackboneMeta",
+    "load_visual_backbone",
+    "normalise_visual_weights",
+    "visual_spec_fields",
+]
+
+
+@dataclass(frozen=True)
+class VisualBackboneMeta:
+    """A loaded visual backbone's pooled feature size and timm data config.
+
+    ``mean``/``std`` are RGB on the [0, 1] scale; ``input_size`` is ``(3, H, W)``;
+    ``revision`` as :class:`~avarnet.features.spec.FeatureSpec.visual_revision`."""
+
+    num_features: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    revision: str | None
+
+
+def normalise_visual_weights(weights: str) -> str:
+    if weights == "random":
+        return "random:seed=0"
+    if weights.startswith(RANDOM_PREFIX):
+        parse_seed(weights[len(RANDOM_PREFIX) :], "visual_weights")
+    return weights
+
+
+def _visual_meta(model: torch.nn.Module, revision: str | None) -> VisualBackboneMeta:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return VisualBackboneMeta(
+        num_features=int(getattr(model, "head_hidden_size", None) or model.num_features),
+        input_size=tuple(int(x) for x in cfg["input_size"]),
+        mean=tuple(float(x) for x in cfg["mean"]),
+        std=tuple(float(x) for x in cfg["std"]),
+        interpolation=str(cfg["interpolation"]),
+        revision=revision,
+    )
+
+
+def _pretrained_id(model: torch.nn.Module, name: str) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("hf_hub_id") or (f"{name}.{cfg['tag']}" if cfg.get("tag") else name)
+
+
+def load_visual_backbone(
+    name: str = "mobilevit_s", *, weights: str = "pretrained", seed: int = 0
+) -> tuple[torch.nn.Module, VisualBackboneMeta]:
+    """Create a timm model that returns pooled features (``num_classes=0``), in eval mode.
+
+    Args:
+        name: timm model name (``mobilevit_s``, ``mobilevit_xs``, ``mobilevit_xxs``, ...).
+        weights: ``"pretrained"`` (timm's default pretrained tag, from the hub), a local
+            checkpoint file (a state dict as saved by ``torch.save(model.state_dict())`` or
+            timm's training script; classifier weights are dropped, every other key must
+            match), ``"random"`` (seeded by ``seed``) or ``"random:seed=<n>"``.
+        seed: seed for ``"random"``.
+
+    Returns:
+        The model and its :class:`VisualBackboneMeta` (mean, std, input size and
+        interpolation from ``timm.data.resolve_data_config``).
+    """
+    import timm
+
+    weights = f"random:seed={seed}" if weights == "random" else normalise_visual_weights(weights)
+    if weights.startswith(RANDOM_PREFIX):
+        seed = parse_seed(weights[len(RANDOM_PREFIX) :], "visual_weights")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+        return model.eval(), _visual_meta(model, None)
+    if weights == "pretrained":
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as err:  # hub errors come in several types (OSError, HfHubHTTPError)
+            raise OSError(hub_hint(f"timm/{name}", "a local checkpoint file")) from err
+        return model.eval(), _visual_meta(model, _pretrained_id(model, name))
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"visual weights {weights!r}: not 'pretrained', 'random[:seed=N]' or an existing file"
+        )
+    from timm.models import load_state_dict
+
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    state = load_state_dict(str(path))
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    for head in (classifier,) if isinstance(classifier, str) else classifier:
+        state.pop(f"{head}.weight", None)
+        state.pop(f"{head}.bias", None)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        reason = str(err).strip().splitlines()[1:2] or [""]
+        raise ValueError(f"{path}: not a {name} checkpoint ({reason[0].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: not a {name} checkpoint (missing keys {list(missing)[:5]}, "
+            f"unexpected keys {list(unexpected)[:5]})"
+        )
+    return model.eval(), _visual_meta(model, sha256_files([path]))
+
+
+def visual_spec_fields(name: str, weights: str, image_size: int | None) -> dict[str, Any]:
+    """The spec's visual fields, from timm's config (the model is built on the meta device,
+    so no memory is allocated and no weights are loaded)."""
+    import timm
+
+    weights = normalise_visual_weights(weights)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError:  # an architecture that cannot be built on the meta device
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    if weights.startswith(RANDOM_PREFIX):
+        revision = None
+    elif weights == "pretrained":
+        revision = _pretrained_id(model, name)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"visual_weights {weights!r}: not 'pretrained', 'random[:seed=N]' or a file"
+            )
+        weights, revision = str(path.resolve()), sha256_files([path])
+    meta = _visual_meta(model, revision)
+    return {
+        "visual_weights": weights,
+        "visual_revision": revision,
+        "visual_dim": meta.num_features,
+        "image_size": int(image_size) if image_size else meta.input_size[-1],
+        "mean": meta.mean,
+        "std": meta.std,
+        "interpolation": meta.interpolation,
+    }
