@@ -84,8 +84,14 @@ def test_fit_learns_a_separable_table_and_keeps_the_best_epoch():
     train, spec = _table(6, 0)
     val, _ = _table(3, 1, split="val")
     torch.manual_seed(0)
+    # LayerNorm only: this test is about fit, not the norm (with the preset's layer+batch,
+    # 18 clips in batches of 6 reach 0.89, not 1.0, validation accuracy in 25 epochs).
     model = create_model(
-        "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
+        "avarnet_tiny",
+        audio_dim=spec.audio_dim,
+        visual_dim=spec.visual_dim,
+        num_classes=3,
+        fusion_norm="layer",
     )
     recipe = T.Recipe(epochs=25, batch_size=6, lr=3e-3, warmup_epochs=2, schedule="cosine")
     seen = []
