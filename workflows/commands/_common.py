@@ -8,10 +8,9 @@ import argparse
 import json
 from collections.abc import Callable
 
-from workflows import console
+from workflows import console, private_api
 
-# argparse's sub-parser registry has no public type name.
-SubParsers = argparse._SubParsersAction
+SubParsers = private_api.SubParsersAction  # argparse's, which has no public name
 
 
 def emit(args: argparse.Namespace, result: dict, human: Callable[[dict], str]) -> None:
