@@ -91,7 +91,9 @@ class FeaturesConfig:
     decode_cpus: float = 1.0  # CPUs reserved per decode task
     clips_per_task: int = 1  # clips per decode task (more: less per-task overhead)
     batch_size: int = 4  # chunks per encoder call
-    chunk_segments: int = 32
+    # Segments decoded and encoded together: Wav2Vec2's audio context, so part of the
+    # FeatureSpec. None: the spec's default (avarnet.features.spec.DEFAULT_CHUNK_SEGMENTS).
+    chunk_segments: int | None = None
 
 
 @dataclass(frozen=True)
