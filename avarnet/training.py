@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_batches",
     "fit",
     "lr_at",
+    "run_epoch",
     "table_batches",
     "train_epoch",
     "val_score",
@@ -275,6 +276,51 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
+def run_epoch(
+    model: torch.nn.Module,
+    train_batches: Iterable[pa.Table],
+    val_batches: Iterable[pa.Table],
+    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
+    best: BestTracker,
+    *,
+    epoch: int,
+    labels: list[str],
+    multilabel: bool,
+    rng: np.random.Generator,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """One epoch as every training loop runs it (:func:`fit`, the Ray Train loop): a
+    training pass, a validation pass, the best epoch updated. Returns the epoch's metrics
+    with ``best_val_macro_f1``, ``best_val_score``, ``best_epoch`` and ``converged`` (1.0
+    once ``patience`` epochs passed without a better validation score)."""
+    metrics: dict[str, float] = {"epoch": epoch}
+    metrics.update(
+        train_epoch(
+            model,
+            train_batches,
+            optimizer,
+            recipe,
+            epoch=epoch,
+            labels=labels,
+            multilabel=multilabel,
+            rng=rng,
+            device=device,
+        )
+    )
+    metrics.update(
+        evaluate_batches(
+            model, val_batches, labels=labels, multilabel=multilabel, recipe=recipe, device=device
+        )
+    )
+    best.update(epoch, metrics, model)
+    metrics["best_val_macro_f1"] = best.val_macro_f1
+    metrics["best_val_score"] = best.score
+    metrics["best_epoch"] = best.epoch
+    metrics["converged"] = float(best.should_stop(epoch))
+    return metrics
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the best epoch's weights and metrics, and every epoch's."""
@@ -313,34 +359,19 @@ def fit(
     best = best or BestTracker(recipe.patience)
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch, recipe.epochs):
-        metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(
-            train_epoch(
-                model,
-                table_batches(train, recipe.batch_size, seed=recipe.seed + epoch),
-                optimizer,
-                recipe,
-                epoch=epoch,
-                labels=labels,
-                multilabel=multilabel,
-                rng=rng,
-                device=device,
-            )
+        metrics = run_epoch(
+            model,
+            table_batches(train, recipe.batch_size, seed=recipe.seed + epoch),
+            table_batches(val, recipe.batch_size) if val is not None else (),
+            optimizer,
+            recipe,
+            best,
+            epoch=epoch,
+            labels=labels,
+            multilabel=multilabel,
+            rng=rng,
+            device=device,
         )
-        if val is not None and val.num_rows:
-            metrics.update(
-                evaluate_batches(
-                    model,
-                    table_batches(val, recipe.batch_size),
-                    labels=labels,
-                    multilabel=multilabel,
-                    recipe=recipe,
-                    device=device,
-                )
-            )
-        best.update(epoch, metrics, model)
-        metrics["best_val_macro_f1"] = best.val_macro_f1
-        metrics["best_epoch"] = best.epoch
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, best, optimizer)

@@ -171,44 +171,29 @@ def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> No
 
     from avarnet import training as T
     from avarnet.models import create_model
-    from avarnet.predictor import find_normal_label
     from workflows import train as W
     from workflows.tracking import log_epoch
 
     facts = W.DataFacts.from_dict(config["data_facts"])
-    labels = facts.labels
-    normal = find_normal_label(labels)
-    kwargs = W.model_kwargs(
-        cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
-    )
+    loop = W.model_config(cfg, facts)
     threads = cfg.train.threads_per_worker
     torch.set_num_threads(threads or max(int(config.get("trial_cpus", 1)), 1))
     use_gpu = cfg.train.gpus_per_worker > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     recipe = T.Recipe.from_config(cfg.train)
     torch.manual_seed(recipe.seed)
-    model = create_model(cfg.model.name, **kwargs).to(device)
+    model = create_model(loop["model_name"], **loop["model_kwargs"]).to(device)
     optim = T.make_optimizer(model, recipe)
-    loop = {"model_name": cfg.model.name, "model_kwargs": kwargs, "labels": labels}
-    loop["multilabel"] = facts.multilabel
     start, best = 0, T.BestTracker(recipe.patience)
     ckpt = ray.tune.get_checkpoint()
     if ckpt is not None:  # a restored trial goes on from its last epoch
         with ckpt.as_directory() as d:
-            d = Path(d)
-            model.load_state_dict(torch.load(d / "model.pt", map_location=device))
-            optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
-            state = json.loads((d / "state.json").read_text())
-            best_state = torch.load(d / "best_model.pt", map_location="cpu")
-            best = T.BestTracker.from_dict(state["best"], recipe.patience, best_state)
-            start = state["epoch"] + 1
+            start, best = W.load_checkpoint(Path(d), model, optim, device, recipe.patience)
     tables = T.read_split_tables(config["features_dir"])
     root = Path(config["storage_path"]) / "trials" / f"trial-{trial_id}" / "epochs"
 
     def on_epoch(metrics: dict[str, float], best: T.BestTracker, optimizer) -> None:
         epoch = int(metrics["epoch"])
-        metrics = {**metrics, "best_val_score": best.score}
-        metrics["converged"] = float(best.should_stop(epoch))  # patience ran out
         log_epoch(run.tracking_uri, run.run_id, metrics, step=epoch)
         # A checkpoint when the best improved (it carries the weights the trial's model is
         # made of; a restored trial goes on from there) or when the trial ends early.
@@ -231,8 +216,8 @@ def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> No
         tables["train"],
         tables["val"],
         recipe,
-        labels=labels,
-        multilabel=facts.multilabel,
+        labels=loop["labels"],
+        multilabel=loop["multilabel"],
         device=device,
         start_epoch=start,
         optimizer=optim,
@@ -296,246 +281,299 @@ def run_search(
     Raises:
         SearchInterrupted: the search stopped early (Ctrl-C); call again to resume.
     """
-    from ray import tune
-    from ray.train import Checkpoint
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from avarnet.evaluation import evaluate
-    from avarnet.features import table as ft
-    from avarnet.predictor import Predictor
     from workflows import tracking
-    from workflows.train import artifact_from_checkpoint, check_training_data
 
-    t = cfg.tune
-    space = check_search_settings(cfg)
-    features_dir = Path(features_dir).resolve()
-    facts = facts or check_training_data(features_dir)
-    if "val" not in facts.split_counts:
-        raise ConfigError(f"{features_dir}: the search needs a val split to rank trials")
-    # Trial resources: each training worker of a trial gets the tune.*_per_trial share.
-    cfg = apply_overrides(
-        cfg,
-        [f"train.cpus_per_worker={t.cpus_per_trial}", f"train.gpus_per_worker={t.gpus_per_trial}"],
-    )
-    storage = Path(cfg.output_dir).resolve() / "tune"
-    exp_dir = storage / name
-    state_file = storage / f"{name}.{_STATE_FILE}"
-    restoring = tune.Tuner.can_restore(str(exp_dir)) and state_file.exists()
-    t0 = time.perf_counter()
-    if restoring:
-        state = json.loads(state_file.read_text())
-        parent = tracking.reopen_run(tracking_uri, state["parent_run_id"])
-    else:
-        parent = tracking.open_run(
-            tracking_uri,
-            cfg.tracking.experiment,
-            name,
-            parent_run_id=parent_run_id,
-            tags={"avarnet.stage": "tune"},
-        )
-        parent.log_config(cfg)
-        parent.log_dict({k: {kind: args} for k, (kind, args) in space.items()}, "space.json")
-        storage.mkdir(parents=True, exist_ok=True)
-        tracking.write_json({"parent_run_id": parent.run_id}, state_file)
-    in_process = cfg.train.workers <= 1
-    trial_resources = {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}
-    if not in_process:  # the trial's TorchTrainer reserves its workers' resources itself
-        trial_resources = {"CPU": 0.01}
+    search = _Search(cfg, features_dir, tracking_uri, name, facts, callbacks, progress)
+    search.open(parent_run_id)
     try:
-        trainable = tune.with_resources(_trial, {k: v for k, v in trial_resources.items() if v})
-        common = {
-            "base_config": config_to_dict(cfg),
-            "features_dir": str(features_dir),
-            "data_facts": facts.to_dict(),  # checked once here, not again in every trial
-            "tracking_uri": tracking_uri,
-            "parent_run_id": parent.run_id,
-            "storage_path": str(storage),
-            "trial_cpus": t.cpus_per_trial,
-        }
-        param_space = {**to_tune_space(space), **common}
-
-        worker_bundle = {
-            k: v for k, v in {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}.items() if v
-        }
-
-        def budget_hit() -> bool:
-            return t.time_budget_s is not None and time.perf_counter() - t0 >= t.time_budget_s
-
-        def fit(exp_name: str, num_samples: int, seed: int, *, baseline: bool = False):
-            """Run experiment ``exp_name``, restoring it when it was interrupted.
-            ``baseline``: one trial of the configuration as given, every epoch."""
-            path = storage / exp_name
-            restored = tune.Tuner.can_restore(str(path))
-            if restored:
-                tuner = tune.Tuner.restore(
-                    str(path), trainable=trainable, resume_errored=True, restart_errored=False
-                )
-            else:
-                search = {
-                    "scheduler": ASHAScheduler(
-                        max_t=cfg.train.epochs,
-                        grace_period=t.grace_period,
-                        reduction_factor=t.reduction_factor,
-                    ),
-                    "search_alg": OptunaSearch(seed=seed),
-                }
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=common if baseline else param_space,
-                    tune_config=tune.TuneConfig(
-                        metric="val_score",  # validation macro-F1, ties broken by the loss
-                        mode="max",
-                        num_samples=num_samples,
-                        max_concurrent_trials=t.max_concurrent,
-                        time_budget_s=None if baseline else t.time_budget_s,
-                        **({} if baseline else search),
-                    ),
-                    run_config=tune.RunConfig(
-                        name=exp_name,
-                        storage_path=str(storage),
-                        verbose=0,  # Tune's tables would print every trial's whole config
-                        callbacks=[
-                            *(callbacks or []),
-                            *(
-                                [_progress_callback(num_samples, cfg.train.epochs)]
-                                if progress and not baseline
-                                else []
-                            ),
-                            *([] if in_process else [_release_callback(worker_bundle)]),
-                        ],
-                    ),
-                )
-            grid = tuner.fit()
-            trials = _trial_table(grid, cfg.train.epochs)
-            # Interrupted: trials left pending, or (a fresh experiment) fewer trials than
-            # asked for before the time budget ran out.
-            unfinished = [tr for tr in trials if tr["outcome"] == "unfinished"]
-            short = not restored and len(trials) < num_samples and not budget_hit()
-            if unfinished or short:
-                raise SearchInterrupted(
-                    f"search {name!r} stopped after {len(trials) - len(unfinished)} of "
-                    f"{t.trials} trials; run the same command again to resume it ({exp_dir})"
-                )
-            return grid, trials
-
-        eval_split = "test" if facts.split_counts.get("test") else "val"
-        test_set = ft.read_features(features_dir, splits=[eval_split])
-        model_dir = Path(cfg.output_dir).resolve() / "models" / f"tune-{parent.run_id}"
-
-        def from_result(result, out: Path) -> dict[str, Any]:
-            """A trial's best model as an artifact, evaluated on the test split."""
-            values = _sampled(result.config)
-            ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
-            with ckpt.as_directory() as d:
-                artifact, _ = artifact_from_checkpoint(
-                    d, facts.spec, apply_overrides(cfg, _overrides(values)), out
-                )
-            report = evaluate(Predictor.from_dir(artifact), test_set)
-            return {
-                "values": values,
-                "val_score": _score(result),
-                "val_macro_f1": float(result.metrics["best_val_macro_f1"]),
-                "artifact": artifact,
-                "accuracy": report["accuracy"],
-                "macro_f1": report["macro_f1"],
-                "model_uri": None,
-            }
-
-        default = None
-        if baseline is not None:  # the configuration as given, trained already (the pipeline)
-            default = {"values": {}, "artifact": Path(baseline["artifact_dir"]), **baseline}
-        elif t.baseline:  # train it here, as one trial: what a searched trial has to beat
-            grid, rows = fit(f"{name}-default", 1, cfg.train.seed, baseline=True)
-            for tr in rows:
-                tracking.end_trial_run(
-                    tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
-                )
-            default = from_result(_best_result(grid), model_dir.with_name(f"{model_dir.name}-0"))
-        grid, trials = fit(name, t.trials, cfg.train.seed)
-        grids = [grid]
-        if len(trials) < t.trials and not budget_hit():
-            # An interrupted experiment, once restored, finishes the trials it had started
-            # but asks its searcher for no new ones: run the missing trials as a
-            # continuation (itself restorable: its name depends only on what is done).
-            grid, more = fit(
-                f"{name}-rest{len(trials)}", t.trials - len(trials), cfg.train.seed + len(trials)
-            )
-            grids.append(grid)
-            trials += more
-        for tr in trials:
-            tracking.end_trial_run(
-                tracking_uri, parent.run_id, tr["trial_id"], tr["outcome"], tr["val_macro_f1"]
-            )
-        searched = max((_best_result(g) for g in grids), key=_score)
-        # A searched trial must beat the default on validation by more than min_improvement;
-        # a tie (frequent on small validation splits) keeps the default, the configuration
-        # that was not picked by looking at this validation split.
-        if default is not None and _score(searched) <= default["val_score"] + t.min_improvement:
+        default = search.default(baseline)
+        trials, best_result = search.trials()
+        # A searched trial must beat the default on validation by more than
+        # min_improvement; a tie (frequent on small validation splits) keeps the default,
+        # the configuration that was not picked by looking at this validation split.
+        margin = search.cfg.tune.min_improvement
+        if default is not None and _score(best_result) <= default["val_score"] + margin:
             best = default
         else:
-            best = from_result(searched, model_dir)
-        champion_is_default = best is default
-        best_values = best["values"]
-        report = {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"]}
-        wall = time.perf_counter() - t0
-        parent.log_params({f"best.{k}": v for k, v in best_values.items()})
-        parent.log_params({"champion_is_default": champion_is_default, "selected_on": "val"})
-        parent.log_metrics(
-            {
-                "best_val_macro_f1": best["val_macro_f1"],
-                f"best_{eval_split}_accuracy": report["accuracy"],
-                f"best_{eval_split}_macro_f1": report["macro_f1"],
-                **(
-                    {
-                        "default_val_macro_f1": default["val_macro_f1"],
-                        f"default_{eval_split}_accuracy": default["accuracy"],
-                        f"default_{eval_split}_macro_f1": default["macro_f1"],
-                    }
-                    if default
-                    else {}
-                ),
-                "search_wall_seconds": wall,
-                "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
-                "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
-            }
-        )
-        parent.log_dict(trials, "trials.json")
-        parent.log_artifact(plot_trials(trials, list(space), storage / f"{name}-trials.png"))
+            best = search.candidate(best_result, search.model_dir)
+        summary = search.log_summary(best, default, trials)
         if best.get("model_uri"):  # the default, registered by the train stage already
             model_uri = tracking.set_alias(best["model_uri"], "champion", tracking_uri)
         else:
             model_uri = tracking.register_model(
-                parent, best["artifact"], cfg.tracking.registered_model, alias="champion"
+                search.parent, best["artifact"], search.cfg.tracking.registered_model, "champion"
             )
     except SearchInterrupted:
-        parent.end("KILLED")
+        search.parent.end("KILLED")
         raise
     except BaseException:
-        parent.end("FAILED")
+        search.parent.end("FAILED")
         raise
-    parent.end("FINISHED")
-    return {
-        "best_config": best_values,
-        "champion_is_default": champion_is_default,
-        "default": None
-        if default is None
-        else {k: default[k] for k in ("val_macro_f1", "val_score", "accuracy", "macro_f1")},
-        "selected_on": "val",
-        "best_macro_f1": best["val_macro_f1"],
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "eval_split": eval_split,
-        "model_uri": model_uri,
-        "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
-        "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
-        "trials_failed": sum(tr["outcome"] == "failed" for tr in trials),
-        "trials": trials,
-        "resumed": restoring,
-        "run_id": parent.run_id,
-        "tracking_uri": tracking_uri,
-        "wall_seconds": wall,
-    }
+    search.parent.end("FINISHED")
+    return {**summary, "model_uri": model_uri}
+
+
+class _Search:
+    """One search's state: its config and data, its Tune experiments under
+    ``<output_dir>/tune``, its parent MLflow run, and the candidates for champion."""
+
+    def __init__(self, cfg, features_dir, tracking_uri, name, facts, callbacks, progress):
+        from avarnet.features import table as ft
+        from workflows.train import check_training_data
+
+        self.space = check_search_settings(cfg)
+        self.features_dir = Path(features_dir).resolve()
+        self.facts = facts or check_training_data(self.features_dir)
+        if "val" not in self.facts.split_counts:
+            raise ConfigError(f"{self.features_dir}: the search needs a val split to rank trials")
+        t = cfg.tune
+        # Trial resources: each training worker of a trial gets the tune.*_per_trial share.
+        self.cfg = apply_overrides(
+            cfg,
+            [
+                f"train.cpus_per_worker={t.cpus_per_trial}",
+                f"train.gpus_per_worker={t.gpus_per_trial}",
+            ],
+        )
+        self.name, self.tracking_uri = name, tracking_uri
+        self.callbacks, self.progress = callbacks or [], progress
+        self.storage = Path(self.cfg.output_dir).resolve() / "tune"
+        self.eval_split = "test" if self.facts.split_counts.get("test") else "val"
+        self.test_set = ft.read_features(self.features_dir, splits=[self.eval_split])
+        self.t0 = time.perf_counter()
+
+    # -- the parent run
+    def open(self, parent_run_id: str | None) -> None:
+        """Open the search's parent run, or reopen it when the search is restored."""
+        from ray import tune
+
+        from workflows import tracking
+
+        state_file = self.storage / f"{self.name}.{_STATE_FILE}"
+        self.restoring = (
+            tune.Tuner.can_restore(str(self.storage / self.name)) and state_file.exists()
+        )
+        if self.restoring:
+            state = json.loads(state_file.read_text())
+            self.parent = tracking.reopen_run(self.tracking_uri, state["parent_run_id"])
+        else:
+            self.parent = tracking.open_run(
+                self.tracking_uri,
+                self.cfg.tracking.experiment,
+                self.name,
+                parent_run_id=parent_run_id,
+                tags={"avarnet.stage": "tune"},
+            )
+            self.parent.log_config(self.cfg)
+            space = {k: {kind: args} for k, (kind, args) in self.space.items()}
+            self.parent.log_dict(space, "space.json")
+            self.storage.mkdir(parents=True, exist_ok=True)
+            tracking.write_json({"parent_run_id": self.parent.run_id}, state_file)
+        self.model_dir = (
+            Path(self.cfg.output_dir).resolve() / "models" / f"tune-{self.parent.run_id}"
+        )
+
+    # -- experiments
+    def _budget_hit(self) -> bool:
+        budget = self.cfg.tune.time_budget_s
+        return budget is not None and time.perf_counter() - self.t0 >= budget
+
+    def _common(self) -> dict[str, Any]:
+        """What every trial's config carries besides the sampled values."""
+        return {
+            "base_config": config_to_dict(self.cfg),
+            "features_dir": str(self.features_dir),
+            "data_facts": self.facts.to_dict(),  # checked once here, not in every trial
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent.run_id,
+            "storage_path": str(self.storage),
+            "trial_cpus": self.cfg.tune.cpus_per_trial,
+        }
+
+    def _tuner(self, exp_name: str, num_samples: int, seed: int, baseline: bool):
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        t = self.cfg.tune
+        in_process = self.cfg.train.workers <= 1
+        resources = {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}
+        if not in_process:  # the trial's TorchTrainer reserves its workers' resources
+            resources = {"CPU": 0.01}
+        trainable = tune.with_resources(_trial, {k: v for k, v in resources.items() if v})
+        path = self.storage / exp_name
+        if tune.Tuner.can_restore(str(path)):
+            restored = tune.Tuner.restore(
+                str(path), trainable=trainable, resume_errored=True, restart_errored=False
+            )
+            return restored, True
+        search = {
+            "scheduler": ASHAScheduler(
+                max_t=self.cfg.train.epochs,
+                grace_period=t.grace_period,
+                reduction_factor=t.reduction_factor,
+            ),
+            "search_alg": OptunaSearch(seed=seed),
+        }
+        worker_bundle = {
+            k: v for k, v in {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}.items() if v
+        }
+        callbacks = list(self.callbacks)
+        if self.progress and not baseline:
+            callbacks.append(_progress_callback(num_samples, self.cfg.train.epochs))
+        if not in_process:
+            callbacks.append(_release_callback(worker_bundle))
+        space = self._common() if baseline else {**to_tune_space(self.space), **self._common()}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="val_score",  # validation macro-F1, ties broken by the loss
+                mode="max",
+                num_samples=num_samples,
+                max_concurrent_trials=t.max_concurrent,
+                time_budget_s=None if baseline else t.time_budget_s,
+                **({} if baseline else search),
+            ),
+            run_config=tune.RunConfig(
+                name=exp_name,
+                storage_path=str(self.storage),
+                verbose=0,  # Tune's tables would print every trial's whole config
+                callbacks=callbacks,
+            ),
+        )
+        return tuner, False
+
+    def experiment(self, exp_name: str, num_samples: int, seed: int, *, baseline: bool = False):
+        """Run experiment ``exp_name`` (restored when it was interrupted); its result grid
+        and trial table. ``baseline``: one trial of the configuration as given."""
+        from workflows import tracking
+
+        tuner, restored = self._tuner(exp_name, num_samples, seed, baseline)
+        grid = tuner.fit()
+        trials = _trial_table(grid, self.cfg.train.epochs)
+        # Interrupted: trials left pending, or (a fresh experiment) fewer trials than
+        # asked for before the time budget ran out.
+        unfinished = [tr for tr in trials if tr["outcome"] == "unfinished"]
+        short = not restored and len(trials) < num_samples and not self._budget_hit()
+        if unfinished or short:
+            raise SearchInterrupted(
+                f"search {self.name!r} stopped after {len(trials) - len(unfinished)} of "
+                f"{self.cfg.tune.trials} trials; run the same command again to resume it "
+                f"({self.storage / self.name})"
+            )
+        for tr in trials:
+            tracking.end_trial_run(
+                self.tracking_uri,
+                self.parent.run_id,
+                tr["trial_id"],
+                tr["outcome"],
+                tr["val_macro_f1"],
+            )
+        return grid, trials
+
+    def trials(self):
+        """Run the searched trials; their table and the best result by validation."""
+        t = self.cfg.tune
+        grid, trials = self.experiment(self.name, t.trials, self.cfg.train.seed)
+        grids = [grid]
+        if len(trials) < t.trials and not self._budget_hit():
+            # An interrupted experiment, once restored, finishes the trials it had started
+            # but asks its searcher for no new ones: run the missing trials as a
+            # continuation (itself restorable: its name depends only on what is done).
+            grid, more = self.experiment(
+                f"{self.name}-rest{len(trials)}",
+                t.trials - len(trials),
+                self.cfg.train.seed + len(trials),
+            )
+            grids.append(grid)
+            trials += more
+        return trials, max((_best_result(g) for g in grids), key=_score)
+
+    # -- candidates for champion
+    def candidate(self, result, out: Path) -> dict[str, Any]:
+        """A trial's best model as an artifact, evaluated on the test split."""
+        from ray.train import Checkpoint
+
+        from avarnet.evaluation import evaluate
+        from avarnet.predictor import Predictor
+        from workflows.train import artifact_from_checkpoint
+
+        values = _sampled(result.config)
+        ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
+        with ckpt.as_directory() as d:
+            artifact, _ = artifact_from_checkpoint(
+                d, self.facts.spec, apply_overrides(self.cfg, _overrides(values)), out
+            )
+        report = evaluate(Predictor.from_dir(artifact), self.test_set)
+        return {
+            "values": values,
+            "val_score": _score(result),
+            "val_macro_f1": float(result.metrics["best_val_macro_f1"]),
+            "artifact": artifact,
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "model_uri": None,
+        }
+
+    def default(self, baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The default configuration's candidate: the given model (trained already), or
+        one trial of it trained here (``tune.baseline``); None when neither."""
+        if baseline is not None:
+            return {"values": {}, "artifact": Path(baseline["artifact_dir"]), **baseline}
+        if not self.cfg.tune.baseline:
+            return None
+        grid, _ = self.experiment(f"{self.name}-default", 1, self.cfg.train.seed, baseline=True)
+        return self.candidate(
+            _best_result(grid), self.model_dir.with_name(f"{self.model_dir.name}-0")
+        )
+
+    # -- the summary
+    def log_summary(self, best: dict, default: dict | None, trials: list[dict]) -> dict:
+        """Log the champion, the default beside it and the trials to the parent run; the
+        search's summary (what :func:`run_search` returns, less the model URI)."""
+        split = self.eval_split
+        counts = {
+            "trials_completed": sum(tr["outcome"] == "completed" for tr in trials),
+            "trials_stopped_early": sum(tr["outcome"] == "stopped_early" for tr in trials),
+            "trials_failed": sum(tr["outcome"] == "failed" for tr in trials),
+        }
+        wall = time.perf_counter() - self.t0
+        metrics = {
+            "best_val_macro_f1": best["val_macro_f1"],
+            f"best_{split}_accuracy": best["accuracy"],
+            f"best_{split}_macro_f1": best["macro_f1"],
+            "search_wall_seconds": wall,
+            "trials_completed": counts["trials_completed"],
+            "trials_stopped_early": counts["trials_stopped_early"],
+        }
+        if default is not None:
+            metrics["default_val_macro_f1"] = default["val_macro_f1"]
+            metrics[f"default_{split}_accuracy"] = default["accuracy"]
+            metrics[f"default_{split}_macro_f1"] = default["macro_f1"]
+        self.parent.log_params({f"best.{k}": v for k, v in best["values"].items()})
+        self.parent.log_params({"champion_is_default": best is default, "selected_on": "val"})
+        self.parent.log_metrics(metrics)
+        self.parent.log_dict(trials, "trials.json")
+        plot = plot_trials(trials, list(self.space), self.storage / f"{self.name}-trials.png")
+        self.parent.log_artifact(plot)
+        keys = ("val_macro_f1", "val_score", "accuracy", "macro_f1")
+        return {
+            "best_config": best["values"],
+            "champion_is_default": best is default,
+            "default": None if default is None else {k: default[k] for k in keys},
+            "selected_on": "val",
+            "best_macro_f1": best["val_macro_f1"],
+            "accuracy": best["accuracy"],
+            "macro_f1": best["macro_f1"],
+            "eval_split": split,
+            **counts,
+            "trials": trials,
+            "resumed": self.restoring,
+            "run_id": self.parent.run_id,
+            "tracking_uri": self.tracking_uri,
+            "wall_seconds": wall,
+        }
 
 
 def _score(result) -> float:

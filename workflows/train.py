@@ -224,50 +224,27 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch, best = 0, T.BestTracker(recipe.patience)
     with _resume_checkpoint(config["checkpoint_root"], ray.train.get_checkpoint()) as d:
         if d is not None:
-            _unwrap(model).load_state_dict(torch.load(d / "model.pt", map_location=device))
-            optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
-            state = json.loads((d / "state.json").read_text())
-            best_state = torch.load(d / "best_model.pt", map_location="cpu")
-            best = T.BestTracker.from_dict(state["best"], recipe.patience, best_state)
-            start_epoch = state["epoch"] + 1
+            start_epoch, best = load_checkpoint(d, model, optim, device, recipe.patience)
     cache_bytes = int(config.get("cache_mb", 0) * 2**20)
     train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
     val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
-    labels, multilabel = config["labels"], config["multilabel"]
     hook = config.get("epoch_hook")
     for epoch in range(start_epoch, recipe.epochs):
         if hook is not None:
             hook(epoch)
-        metrics: dict[str, Any] = {"epoch": epoch}
-        metrics.update(
-            T.train_epoch(
-                model,
-                train_data.batches(recipe.batch_size, seed=recipe.seed + epoch),
-                optim,
-                recipe,
-                epoch=epoch,
-                labels=labels,
-                multilabel=multilabel,
-                rng=rng,
-                device=device,
-            )
+        metrics = T.run_epoch(
+            model,
+            train_data.batches(recipe.batch_size, seed=recipe.seed + epoch),
+            val_data.batches(recipe.batch_size, seed=0, shuffle=False),
+            optim,
+            recipe,
+            best,
+            epoch=epoch,
+            labels=config["labels"],
+            multilabel=config["multilabel"],
+            rng=rng,
+            device=device,
         )
-        val_batches = val_data.batches(recipe.batch_size, seed=0, shuffle=False)
-        metrics.update(
-            T.evaluate_batches(
-                model,
-                val_batches,
-                labels=labels,
-                multilabel=multilabel,
-                recipe=recipe,
-                device=device,
-            )
-        )
-        best.update(epoch, metrics, model)
-        metrics["best_val_macro_f1"] = best.val_macro_f1
-        metrics["best_val_score"] = best.score
-        metrics["best_epoch"] = best.epoch
-        metrics["converged"] = float(best.should_stop(epoch))  # patience ran out
         if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
             from workflows.tracking import log_epoch
 
@@ -300,6 +277,38 @@ def checkpoint_files(model, optim, best) -> dict[str, Any]:
 
 def checkpoint_state(config: dict, epoch: int, best) -> dict[str, Any]:
     return {"epoch": epoch, "best": best.to_dict(), **{k: config[k] for k in _ARTIFACT_KEYS}}
+
+
+def load_checkpoint(d: Path, model, optim, device, patience: int | None):
+    """Restore a checkpoint folder into ``model`` and ``optim``; returns the epoch to go on
+    from and the :class:`avarnet.training.BestTracker` it recorded."""
+    import torch
+
+    from avarnet.training import BestTracker
+
+    _unwrap(model).load_state_dict(torch.load(d / "model.pt", map_location=device))
+    optim.load_state_dict(torch.load(d / "optim.pt", map_location=device))
+    state = json.loads((d / "state.json").read_text())
+    best_state = torch.load(d / "best_model.pt", map_location="cpu")
+    return state["epoch"] + 1, BestTracker.from_dict(state["best"], patience, best_state)
+
+
+def model_config(cfg: Config, facts: DataFacts) -> dict[str, Any]:
+    """What builds the model and what its checkpoints record: ``model_name``,
+    ``model_kwargs``, ``labels``, ``multilabel``."""
+    from avarnet.predictor import find_normal_label
+
+    labels = facts.labels
+    normal = find_normal_label(labels)
+    kwargs = model_kwargs(
+        cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
+    )
+    return {
+        "model_name": cfg.model.name,
+        "model_kwargs": kwargs,
+        "labels": labels,
+        "multilabel": facts.multilabel,
+    }
 
 
 def write_checkpoint(root: str, epoch: int, files: dict[str, Any], state: dict) -> Path:
@@ -385,21 +394,12 @@ def build_trainer(
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
-    from avarnet.predictor import find_normal_label
     from avarnet.training import Recipe
 
     features_dir = Path(features_dir).resolve()
     facts = facts or check_training_data(features_dir)
-    labels = facts.labels
-
-    normal = find_normal_label(labels)
     loop_config: dict[str, Any] = {
-        "model_name": cfg.model.name,
-        "model_kwargs": model_kwargs(
-            cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
-        ),
-        "labels": labels,
-        "multilabel": facts.multilabel,
+        **model_config(cfg, facts),
         "recipe": Recipe.from_config(cfg.train).to_dict(),
         "threads": cfg.train.threads_per_worker,
         "cache_mb": cfg.train.cache_mb,
