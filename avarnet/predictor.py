@@ -134,7 +134,9 @@ class Prediction:
 
     ``probabilities``: ``(C,)`` clip-level class probabilities (softmax; sigmoid for
     multi-label models). ``segment_scores``: ``(T,)`` per-segment anomaly score
-    ``1 - p(normal)`` (or the max non-normal probability without a normal class).
+    (:func:`~avarnet.models.segment_anomaly_scores`): ``1 - p(normal)`` for a softmax
+    model, the largest non-normal sigmoid for a multi-label one, the largest class
+    probability without a normal class.
     ``segment_top_class``: ``(T,)`` index of the most probable class per segment.
     """
 

@@ -55,12 +55,22 @@ def segment_anomaly_scores(
 ) -> torch.Tensor:
     """Per-segment anomaly score ``(B, T)`` in [0, 1] from ``segment_logits (B, T, C)``.
 
-    With a normal class: ``1 - p(normal)``, where ``p`` is the softmax over classes, or for
-    multi-label models the normal class's own sigmoid. Without one: the largest class
-    probability (softmax, or sigmoid for multi-label). Padded steps score 0.
+    Single-label (softmax) with a normal class: ``1 - p(normal)``. Multi-label (sigmoid)
+    with a normal class: the largest sigmoid of the other classes. Each class there is its
+    own detector and top-k training on video labels lowers the normal logit on every
+    segment of an anomalous video, so ``1 - sigmoid(normal)`` marks whole videos, not
+    their events; a multi-label model with the normal class alone scores
+    ``1 - sigmoid(normal)``. Without a normal class: the largest class probability
+    (softmax, or sigmoid for multi-label). Padded steps score 0.
     """
     probs = segment_logits.sigmoid() if multilabel else segment_logits.softmax(-1)
-    scores = probs.max(-1).values if normal_index is None else 1.0 - probs[..., normal_index]
+    if normal_index is None:
+        scores = probs.max(-1).values
+    elif multilabel and probs.shape[-1] > 1:
+        others = torch.cat([probs[..., :normal_index], probs[..., normal_index + 1 :]], -1)
+        scores = others.max(-1).values
+    else:
+        scores = 1.0 - probs[..., normal_index]
     if mask is not None:
         scores = scores * mask.to(scores.dtype)
     return scores
@@ -229,7 +239,8 @@ class AVARNet(nn.Module):
         self, segment_logits: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-segment anomaly score ``(B, T)`` from ``segment_logits (B, T, C)``; see
-        :func:`segment_anomaly_scores` (``1 - p(normal)`` when ``normal_index`` is set)."""
+        :func:`segment_anomaly_scores` (with ``normal_index``: ``1 - p(normal)``, or the largest
+        non-normal sigmoid of a multi-label model)."""
         return segment_anomaly_scores(
             segment_logits, normal_index=self.normal_index, multilabel=self.multilabel, mask=mask
         )

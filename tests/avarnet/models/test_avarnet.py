@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from avarnet.models import AVARNet, create_model, pool_clip_logits
+from avarnet.models import AVARNet, create_model, pool_clip_logits, segment_anomaly_scores
 
 DA, DV, C = 6, 5, 3
 
@@ -136,8 +136,23 @@ def test_anomaly_scores():
     assert scores.shape == (2, 8)
     torch.testing.assert_close(scores[0], 1 - seg[0].softmax(-1)[:, 1])
     assert torch.all(scores[1, 5:] == 0)
-    multi = tiny(normal_index=0, multilabel=True)
-    torch.testing.assert_close(multi.anomaly_scores(seg), 1 - seg[..., 0].sigmoid())
+    # Multi-label with a normal class: the most likely non-normal class, whatever the
+    # normal logit says (top-k MIL lowers it on every segment of an anomalous video).
+    multi = tiny(normal_index=1, multilabel=True)
+    torch.testing.assert_close(
+        multi.anomaly_scores(seg), torch.maximum(seg[..., 0], seg[..., 2]).sigmoid()
+    )
+    logits = torch.tensor([[[2.0, -5.0, -3.0], [-4.0, -5.0, -1.0], [-6.0, 3.0, -6.0]]])
+    got = segment_anomaly_scores(logits, normal_index=1, multilabel=True)
+    torch.testing.assert_close(got, torch.tensor([[2.0, -1.0, -6.0]]).sigmoid())
+    # (a low normal logit alone does not make a segment anomalous)
+    assert got[0, 1] < 0.5 < 1 - torch.sigmoid(torch.tensor(-5.0))
+    masked = segment_anomaly_scores(
+        logits, normal_index=1, multilabel=True, mask=torch.tensor([[True, True, False]])
+    )
+    assert masked[0, 2] == 0
+    alone = segment_anomaly_scores(logits[..., 1:2], normal_index=0, multilabel=True)
+    torch.testing.assert_close(alone, 1 - logits[..., 1:2].sigmoid()[..., 0])
     torch.testing.assert_close(tiny().anomaly_scores(seg), seg.softmax(-1).max(-1).values)
 
 
