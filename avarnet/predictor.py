@@ -161,7 +161,12 @@ class Predictor:
     def from_dir(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
         p = Path(path)
         meta = read_meta(p)
-        model = create_model(meta["model_name"], **meta["model_kwargs"])
+        kwargs = dict(meta["model_kwargs"])
+        if "fusion_norm" not in kwargs:
+            # Written before fusion norms were a setting (artifacts now record every
+            # constructor argument): every model then used LayerNorm.
+            kwargs["fusion_norm"] = "layer"
+        model = create_model(meta["model_name"], **kwargs)
         state = torch.load(p / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return cls(model, meta, device)

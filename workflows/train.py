@@ -296,6 +296,7 @@ def load_checkpoint(d: Path, model, optim, device, patience: int | None):
 def model_config(cfg: Config, facts: DataFacts) -> dict[str, Any]:
     """What builds the model and what its checkpoints record: ``model_name``,
     ``model_kwargs``, ``labels``, ``multilabel``."""
+    from avarnet.models import create_model
     from avarnet.predictor import find_normal_label
 
     labels = facts.labels
@@ -303,6 +304,9 @@ def model_config(cfg: Config, facts: DataFacts) -> dict[str, Any]:
     kwargs = model_kwargs(
         cfg, facts.spec, len(labels), labels.index(normal) if normal else None, facts.multilabel
     )
+    # Every constructor argument, the preset's included: an artifact rebuilds the same
+    # model even after a preset's defaults change.
+    kwargs = create_model(cfg.model.name, **kwargs).config["kwargs"]
     return {
         "model_name": cfg.model.name,
         "model_kwargs": kwargs,

@@ -200,3 +200,27 @@ def test_weights_holding_arbitrary_objects_are_never_unpickled(artifact, capsys)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         Predictor.from_dir(artifact)
     assert "this must never run" not in capsys.readouterr().out
+
+
+def test_an_artifact_from_before_fusion_norms_loads_with_layernorm(tmp_path, tiny_spec):
+    """Artifacts written before the fusion norm was a setting recorded no ``fusion_norm``;
+    every model then used LayerNorm, so that is what they load with (the preset's newer
+    default would not fit their weights)."""
+    old = create_model(
+        "avarnet_tiny",
+        audio_dim=tiny_spec.audio_dim,
+        visual_dim=tiny_spec.visual_dim,
+        num_classes=len(LABELS),
+        fusion_norm="layer",
+    )
+    kwargs = {k: v for k, v in old.config["kwargs"].items() if k != "fusion_norm"}
+    path = save_artifact(
+        tmp_path / "old",
+        model_name="avarnet_tiny",
+        model_kwargs=kwargs,
+        state_dict=old.state_dict(),
+        labels=LABELS,
+        feature_spec=tiny_spec,
+    )
+    loaded = Predictor.from_dir(path)
+    assert loaded.model.config["kwargs"]["fusion_norm"] == "layer"

@@ -208,7 +208,7 @@ def test_a_model_trained_on_imported_features_is_refused_in_one_line(tmp_path, c
     folder = save_artifact(
         tmp_path / "model",
         model_name="avarnet_tiny",
-        model_kwargs=kwargs,
+        model_kwargs=model.config["kwargs"],
         state_dict=model.state_dict(),
         labels=["normal", "violent"],
         feature_spec=spec,
