@@ -180,3 +180,44 @@ def test_serve_flags_set_their_config_keys(built_config):
         8123,
         5.0,
     )
+
+
+def test_score_against_a_closed_port_is_one_plain_line(tmp_path, capfd):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    assert cli.main(["score", str(clip), "--url", url, "--timeout-s", "5"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("avarnet: error: cannot reach the scoring service")
+    assert "nothing answers there" in err[0] and "Max retries" not in err[0]
+
+
+def test_score_of_a_missing_file_exits_2(tmp_path, capfd):
+    assert cli.main(["score", str(tmp_path / "none.mp4"), "--url", "http://127.0.0.1:9"]) == 2
+    assert (
+        capfd.readouterr().err.strip() == f"avarnet: error: {tmp_path / 'none.mp4'}: no such file"
+    )
+
+
+def test_format_score():
+    from workflows.commands.serve import format_score
+
+    answer = {
+        "label": "Fight",
+        "probabilities": {"Normal": 0.1, "Fight": 0.7, "Riot": 0.15, "Crash": 0.05},
+        "model": {"name": "avarnet", "version": "3"},
+        "duration_s": 4.04,
+        "has_audio": False,
+        "timings_ms": {"total": 123.4},
+        "segments": [{"anomaly_score": s} for s in (0.0, 0.5, 1.0, 0.25)],
+    }
+    assert format_score(answer).splitlines() == [
+        "label: Fight   (model avarnet v3, 4.0 s, audio: none, 123 ms)",
+        "top:   Fight 0.700, Riot 0.150, Normal 0.100",
+        "anomaly timeline (per segment):",
+        "   ▄█▂  max 1.000",
+    ]

@@ -1,4 +1,5 @@
-"""`avarnet serve` as an operator runs it: its own local Ray, until Ctrl-C."""
+"""`avarnet serve` (workflows/commands/serve.py) as an operator runs it: its own local Ray
+in a subprocess, until Ctrl-C; `avarnet score` against it and against the closed port."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
+    """``models:/avarnet@champion`` (seeded tiny weights) in a fresh sqlite store."""
+    from avarnet.predictor import seeded_artifact
+    from workflows import tracking
+
+    root = tmp_path_factory.mktemp("served")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    labels = sorted({r["label"] for r in bench_rows})
+    artifact = seeded_artifact(root / "artifact", "avarnet_tiny", tiny_spec, labels)
+    run = tracking.open_run(uri, "avarnet", "serve-cli-test")
+    model_uri = tracking.register_model(run, artifact, "avarnet", alias="champion")
+    run.end()
+    return {"tracking_uri": uri, "model_uri": model_uri}
 
 
 def test_serve_cli_runs_until_ctrl_c_and_shuts_down(registered_model, bench_rows, tmp_path):
