@@ -513,6 +513,7 @@ class _Search:
             "artifact": artifact,
             "accuracy": report["accuracy"],
             "macro_f1": report["macro_f1"],
+            "report": report,
             "model_uri": None,
         }
 
@@ -564,6 +565,7 @@ class _Search:
             "default": None if default is None else {k: default[k] for k in keys},
             "selected_on": "val",
             "best_macro_f1": best["val_macro_f1"],
+            "report": best.get("report"),  # the champion's test report (None: trained before)
             "accuracy": best["accuracy"],
             "macro_f1": best["macro_f1"],
             "eval_split": split,

@@ -222,6 +222,11 @@ class Pipeline:
             progress=self.progress,
             baseline=baseline,
         )
+        report = res.pop("report", None)
+        if report is None and res["champion_is_default"]:
+            report = self.state.get("train_report")  # the train stage's model is champion
+        if report is not None:
+            self.state["champion_report"] = report
         res["metric"] = (
             f"best val F1 {res['best_macro_f1']:.3f}, {res['eval_split']} acc "
             f"{res['accuracy']:.3f}; {res['trials_completed']} completed, "
@@ -408,10 +413,13 @@ def _report(pipe: Pipeline, as_json: bool, keep_serving: bool) -> None:
         )
         return
     print(pipe.summary_table(), file=out)
-    if "train_report" in pipe.state:
+    report, whose = pipe.state.get("champion_report"), "the champion (Tune)"
+    if report is None:
+        report, whose = pipe.state.get("train_report"), "the trained model"
+    if report is not None:
         from avarnet.evaluation import format_report
 
-        print("\ntest split:\n" + format_report(pipe.state["train_report"]), file=out)
+        print(f"\n{whose} on the test split:\n" + format_report(report), file=out)
     print(
         f"\nMLflow: mlflow ui --backend-store-uri {pipe.tracking_uri}   "
         f"(parent run {pipe.parent_run_id})",
