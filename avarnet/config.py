@@ -200,9 +200,11 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Online scoring (Ray Serve)."""
+    """Online scoring (Ray Serve). Every setting is also a ``build_app`` argument
+    (``serve/config.yaml``'s ``args``, ``serve run serve.app:build_app key=value``), except
+    ``host`` and ``port``, which are Serve's HTTP options. Limits: 0 turns one off."""
 
-    model_uri: str = "models:/avarnet@champion"
+    model_uri: str = "models:/avarnet@champion"  # build_app's `model`
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 200.0
@@ -216,8 +218,42 @@ class ServeConfig:
     upload_idle_timeout_s: float = 30.0  # an upload that stalls this long is cut (408)
     encoder_cpus: float = 0.0  # per Encoder replica (also its torch threads); 0: fit the node
     encoder_gpus: float = 0.0  # per Encoder replica; > 0 runs the encoders on CUDA
-    encoder_max_replicas: int = 2  # the Encoder's autoscaling ceiling (minimum 1)
+    encoder_min_replicas: int = 1  # the Encoder's autoscaling range
+    encoder_max_replicas: int = 2
+    # The autoscaler's target of ongoing requests per Encoder replica.
+    target_ongoing_requests: float = 1.0
+    max_batch_size: int = 4  # clips per Encoder batch (@serve.batch)
+    # How long a batch waits to fill; 0: take what is queued (under load, requests queue
+    # while a batch runs, so batches still form).
+    batch_wait_timeout_s: float = 0.0
+    threads: int = 0  # torch threads per Encoder replica; 0: its reserved CPUs (at least 1)
+    classifier_cpus: float = 0.0  # per Classifier replica; 0: 0.5 (0.2 on nodes under 4 CPUs)
+    classifier_max_replicas: int = 2
+    classifier_max_batch_size: int = 16  # clips per Classifier batch
+    ingress_max_replicas: int = 2
     fit_resources: bool = True  # cap replica ceilings to the cluster's CPUs/GPUs at deploy
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, want: str) -> None:
+            if not ok:
+                raise ConfigError(f"serve.{key} must be {want}, got {getattr(self, key)!r}")
+
+        check(self.max_upload_mb > 0, "max_upload_mb", "> 0")
+        check(self.upload_idle_timeout_s > 0, "upload_idle_timeout_s", "> 0")
+        for key in ("max_clip_seconds", "max_frame_pixels", "max_segments", "encoder_cpus"):
+            check(getattr(self, key) >= 0, key, ">= 0 (0: no limit / fit the node)")
+        for key in ("encoder_gpus", "classifier_cpus", "batch_wait_timeout_s", "threads"):
+            check(getattr(self, key) >= 0, key, ">= 0")
+        check(self.encoder_min_replicas >= 1, "encoder_min_replicas", ">= 1")
+        check(
+            self.encoder_max_replicas >= self.encoder_min_replicas,
+            "encoder_max_replicas",
+            f">= encoder_min_replicas ({self.encoder_min_replicas})",
+        )
+        replicas = ("classifier_max_replicas", "ingress_max_replicas")
+        for key in ("max_batch_size", "classifier_max_batch_size", *replicas):
+            check(getattr(self, key) >= 1, key, ">= 1")
+        check(self.target_ongoing_requests > 0, "target_ongoing_requests", "> 0")
 
 
 @dataclass(frozen=True)

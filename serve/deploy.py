@@ -12,26 +12,19 @@ APP_NAME = "avarnet"
 
 
 def app_args(cfg, tracking_uri: str | None = None) -> dict[str, Any]:
-    """``build_app`` arguments from the project's config (``serve.*``, the MLflow store)."""
+    """``build_app`` arguments from the project's config: every ``serve.*`` setting (but
+    ``host`` and ``port``, which :func:`deploy` takes) and the MLflow store."""
+    import dataclasses
     from pathlib import Path
 
+    from serve.app import HTTP_OPTIONS
     from workflows.tracking import resolve_tracking_uri
 
-    sc = cfg.serve
+    settings = dataclasses.asdict(cfg.serve)
     return {
-        "model": sc.model_uri,
+        **{k: v for k, v in settings.items() if k not in HTTP_OPTIONS},
         "tracking_uri": tracking_uri or resolve_tracking_uri(cfg.tracking, cfg.output_dir),
         "output_dir": str(Path(cfg.output_dir).resolve()),
-        "max_upload_mb": sc.max_upload_mb,
-        "max_clip_seconds": sc.max_clip_seconds,
-        "max_frame_pixels": sc.max_frame_pixels,
-        "max_segments": sc.max_segments,
-        "long_clip_seconds": sc.long_clip_seconds,
-        "upload_idle_timeout_s": sc.upload_idle_timeout_s,
-        "encoder_cpus": sc.encoder_cpus,
-        "encoder_gpus": sc.encoder_gpus,
-        "encoder_max_replicas": sc.encoder_max_replicas,
-        "fit_resources": sc.fit_resources,
     }
 
 

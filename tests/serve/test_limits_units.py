@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from serve.app import AppArgs, ClipLimits, fit_resources
+from serve.app import AppArgs
 from serve.client import ScoreError, score_file
+from serve.limits import ClipLimits, fit_resources
 
 
 def _nodes(*cpus: float, gpus: float = 0.0) -> list[dict]:
@@ -48,6 +49,38 @@ def test_app_args_from_serve_run_strings():
         AppArgs.from_dict({"upload_idle_timeout_s": 0})
     with pytest.raises(ValueError, match="unknown build_app argument"):
         AppArgs.from_dict({"max_clip_secs": 1})
+
+
+def test_app_args_are_the_serve_config():
+    # Every serve.* setting reaches build_app (host and port are Serve's HTTP options), with
+    # its ServeConfig default and from the project's config and its overrides.
+    import dataclasses
+
+    from avarnet.config import ServeConfig, load_config
+    from serve.deploy import app_args
+
+    serve_keys = {f.name for f in dataclasses.fields(ServeConfig)}
+    assert {f.name for f in dataclasses.fields(AppArgs)} == serve_keys | {
+        "tracking_uri",
+        "output_dir",
+    }
+    settings = serve_keys - {"host", "port"}
+    assert dataclasses.asdict(AppArgs.from_dict({})) == {
+        **dataclasses.asdict(ServeConfig()),
+        **{"tracking_uri": None, "output_dir": AppArgs().output_dir},
+    }
+    cfg = load_config(None, ["serve.classifier_cpus=0.3", "serve.max_batch_size=8"])
+    args = app_args(cfg, "sqlite:///x.db")
+    assert set(args) == settings | {"tracking_uri", "output_dir"}
+    a = AppArgs.from_dict(args)
+    assert (a.classifier_cpus, a.max_batch_size, a.tracking_uri) == (0.3, 8, "sqlite:///x.db")
+    # `serve run ... model=...` and config.yaml's `model:` name serve.model_uri.
+    assert AppArgs.from_dict({"model": "runs/m"}).model_uri == "runs/m"
+    assert AppArgs.from_dict({"fit_resources": "on", "threads": "2"}).threads == 2
+    with pytest.raises(ValueError, match="encoder_max_replicas must be >= encoder_min"):
+        AppArgs.from_dict({"encoder_min_replicas": "3", "encoder_max_replicas": "2"})
+    with pytest.raises(ValueError, match="unknown build_app argument.*'port'"):
+        AppArgs.from_dict({"port": 8001})
 
 
 def test_clip_limits_say_what_is_over_and_where_to_go():
