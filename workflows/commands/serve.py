@@ -17,6 +17,8 @@ from workflows.errors import CliError
 
 
 def add(sub: SubParsers) -> None:
+    from avarnet.config import ServeConfig
+
     p = sub.add_parser(
         "serve",
         help="score clips online: deploy the model with Ray Serve (HTTP API + web page)",
@@ -30,13 +32,29 @@ def add(sub: SubParsers) -> None:
         ),
     )
     p.add_argument("--model", help="registry URI or artifact folder (default: serve.model_uri)")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    # Defaults live in ServeConfig (avarnet/config.py); every serve.* setting is also a
+    # key=value override here (serve.max_batch_size=8, serve.classifier_cpus=0.3, ...).
+    d = ServeConfig()
+    p.add_argument("--host", help=f"address to listen on (serve.host, default {d.host})")
+    p.add_argument("--port", type=int, help=f"HTTP port (serve.port, default {d.port})")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
-    p.add_argument("--max-upload-mb", type=float, help="larger uploads get 413 (default 200)")
-    p.add_argument("--encoder-max-replicas", type=int, help="autoscaling ceiling (default 2)")
-    p.add_argument("--gpus-per-encoder", type=float, help="GPUs per encoder replica (default 0)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        help=f"larger uploads get 413 (serve.max_upload_mb, default {d.max_upload_mb:g})",
+    )
+    p.add_argument(
+        "--encoder-max-replicas",
+        type=int,
+        help=f"autoscaling ceiling (serve.encoder_max_replicas, default {d.encoder_max_replicas})",
+    )
+    p.add_argument(
+        "--gpus-per-encoder",
+        type=float,
+        help=f"GPUs per encoder replica (serve.encoder_gpus, default {d.encoder_gpus:g})",
+    )
     add_config_args(p)
+    p.epilog = "Every serve.* setting (avarnet/config.py, ServeConfig) is a key=value override."
     p.set_defaults(func=_run_serve, log_dir=config_log_dir)
 
 
