@@ -8,7 +8,7 @@ An artifact is a folder::
     model.pt     the state dict
 
 Registry URIs (``models:/avarnet@champion``) are resolved to such a folder by the caller
-(``workflows.tracking.download_model``); this module never imports mlflow.
+(``glue.tracking.download_model``); this module never imports mlflow.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Predictor:
         text = os.fspath(uri)
         if "://" in text or text.startswith(("models:/", "runs:/")):
             if resolver is None:
-                raise ValueError(f"{text}: a registry URI needs a resolver (workflows.tracking)")
+                raise ValueError(f"{text}: a registry URI needs a resolver (glue.tracking)")
             text = os.fspath(resolver(text))
         return cls.from_dir(text, device)
 

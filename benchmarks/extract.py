@@ -211,7 +211,7 @@ def main() -> None:
 
     import ray
 
-    from workflows.runtime import init_kwargs, quiet_driver
+    from glue.runtime import init_kwargs, quiet_driver
 
     ray.init(**init_kwargs(num_cpus=os.cpu_count(), address=None))
     quiet_driver()

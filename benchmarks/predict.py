@@ -117,8 +117,8 @@ def main() -> None:
 
     from avarnet.features.backbones import build_feature_spec
     from avarnet.predictor import seeded_artifact
+    from glue.runtime import init_kwargs
     from workflows.predict import load_model
-    from workflows.runtime import init_kwargs
 
     small, large = (int(x) for x in args.clips.split(":"))
     tmp = Path(tempfile.mkdtemp(prefix="avarnet-bench-predict-"))

@@ -92,9 +92,9 @@ def main() -> None:
     from avarnet.data.synthetic import generate_benchmark
     from avarnet.features.backbones import build_feature_spec
     from avarnet.predictor import seeded_artifact
+    from glue.runtime import init_kwargs, quiet_driver
     from serve.client import score_file
     from serve.deploy import deploy, replica_counts, shutdown
-    from workflows.runtime import init_kwargs, quiet_driver
 
     tmp = Path(tempfile.mkdtemp(prefix="avarnet-bench-serve-"))
     generate_benchmark(tmp / "data", clips_per_class=1, seconds=args.seconds, seed=3)

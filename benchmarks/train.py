@@ -4,7 +4,7 @@ pass), in one run.
 
   plain      batches cut from the table in memory (the same collation code), AdamW, the
              same loss; no checkpoints, no logging;
-  Ray Train  ``workflows.train.build_trainer`` with ``ScalingConfig(num_workers=1)``:
+  Ray Train  ``glue.train.build_trainer`` with ``ScalingConfig(num_workers=1)``:
              Ray Data shards, per-epoch checkpoint, ``ray.train.report``, MLflow metrics.
 
 Seconds per epoch for Ray Train are the wall time between consecutive epoch reports (from
@@ -42,7 +42,7 @@ def _plain_loop(cfg, features: Path, epochs: int) -> list[float]:
 
     from avarnet import training as T
     from avarnet.models import create_model
-    from workflows.train import check_training_data, model_kwargs
+    from glue.train import check_training_data, model_kwargs
 
     facts = check_training_data(features)
     labels = facts.labels
@@ -68,8 +68,8 @@ def _ray_train(cfg, features: Path, tmp: Path) -> tuple[list[float], list[float]
     """(wall seconds between epoch reports, the loop's own training-pass seconds, fit wall)."""
     from mlflow.tracking import MlflowClient
 
-    from workflows import tracking
-    from workflows.train import build_trainer
+    from glue import tracking
+    from glue.train import build_trainer
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with tracking.start_run(uri, "bench", cfg.model.name) as run:
@@ -114,7 +114,7 @@ def main() -> None:
     import ray
     import torch
 
-    from workflows.runtime import init_kwargs, quiet_driver
+    from glue.runtime import init_kwargs, quiet_driver
 
     ray.init(**init_kwargs(num_cpus=os.cpu_count(), address=None))
     quiet_driver()

@@ -98,7 +98,7 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
     ``model.json``: the replicas load the weights)."""
     from avarnet.config import TrackingConfig
     from avarnet.predictor import read_meta
-    from workflows import tracking
+    from glue import tracking
 
     if not model.startswith(("models:/", "runs:/")):
         folder = _project_path(model)
@@ -117,7 +117,7 @@ def resolve_model(model: str, tracking_uri: str | None, output_dir: str) -> Mode
 def _project_path(path: str) -> Path:
     """Relative paths (config files, ``serve run``) are relative to the project's root,
     whatever the working directory of the process that builds the application."""
-    from workflows.runtime import project_root
+    from glue.runtime import project_root
 
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(project_root()) / p

@@ -17,8 +17,8 @@ def app_args(cfg, tracking_uri: str | None = None) -> dict[str, Any]:
     import dataclasses
     from pathlib import Path
 
+    from glue.tracking import resolve_tracking_uri
     from serve.app import HTTP_OPTIONS
-    from workflows.tracking import resolve_tracking_uri
 
     settings = dataclasses.asdict(cfg.serve)
     return {

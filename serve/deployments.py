@@ -226,7 +226,7 @@ class Classifier:
     """The fusion + MTCN model, through the same Predictor as batch inference."""
 
     def __init__(self, ref: dict[str, Any], *, max_batch_size: int):
-        from workflows.tracking import load_predictor
+        from glue.tracking import load_predictor
 
         self.predictor = load_predictor(ref["load_from"], ref["tracking_uri"], ".")
         self.predict.set_max_batch_size(max_batch_size)

@@ -18,7 +18,7 @@ def ray_session():
     """A local Ray with 2 CPUs for the whole session; stopped at the end (only this one)."""
     import ray
 
-    from workflows.runtime import init_kwargs, quiet_driver
+    from glue.runtime import init_kwargs, quiet_driver
 
     if not ray.is_initialized():
         # Tests always run their own local Ray, whatever RAY_ADDRESS says. With the
@@ -34,7 +34,7 @@ def _release_leaked_placement_groups() -> list[str]:
     """Remove placement groups still holding resources; returns their ids."""
     from ray.util import placement_group_table
 
-    from workflows.runtime import remove_placement_groups
+    from glue.runtime import remove_placement_groups
 
     held = [
         pg_id

@@ -1,5 +1,5 @@
-"""Packaging: our `tune` and `workflows` packages (names shared with unrelated PyPI
-projects) resolve to this repository, and importing the library does nothing heavy."""
+"""Packaging: our `tune`, `workflows` and `glue` packages (names shared with unrelated
+PyPI projects) resolve to this repository, and importing the library does nothing heavy."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_packages_resolve_to_this_repository():
     import avarnet
+    import glue
     import serve
     import tune
     import workflows
+    import workflows.commands
 
-    for mod in (avarnet, tune, workflows, serve):
+    for mod in (avarnet, glue, tune, workflows, workflows.commands, serve):
         assert Path(mod.__file__).resolve().is_relative_to(ROOT), mod.__file__
 
 
@@ -34,7 +36,7 @@ os.chdir({str(tmp_path)!r})
 import avarnet, avarnet.config, avarnet.data.decode, avarnet.data.manifest, avarnet.data.synthetic
 import avarnet.features.spec, avarnet.features.backbones, avarnet.features.table
 import avarnet.models, avarnet.metrics, avarnet.predictor, avarnet.evaluation, avarnet.batching
-import avarnet.scoring
+import avarnet.scoring, avarnet.training, avarnet.features.imported
 assert os.listdir('.') == [], os.listdir('.')
 print('ok')
 """

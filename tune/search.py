@@ -1,7 +1,7 @@
 """Hyperparameter search with Ray Tune (the Ray 2.60 Train V2 pattern).
 
 Each trial is a function that builds its ``TorchTrainer`` with the same
-:func:`workflows.train.build_trainer` as plain training, with Tune's sampled values as
+:func:`glue.train.build_trainer` as plain training, with Tune's sampled values as
 config overrides and ``TuneReportCallback`` in its run config, and calls ``fit()``.
 ASHA stops weak trials on validation macro-F1 (ties, frequent on small validation sets,
 broken by the validation loss; one Tune iteration = one epoch); Optuna (TPE) proposes
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from avarnet.config import Config, ConfigError, apply_overrides, config_to_dict
-from workflows import private_api
+from glue import private_api
 
 __all__ = [
     "SEARCH_SPACE",
@@ -123,13 +123,13 @@ def _trial(config: dict[str, Any]) -> None:
     A trial of one training worker (``train.workers`` <= 1) trains in the trial's own
     process with :func:`avarnet.training.fit` (the step Ray Train runs; seconds of start-up
     instead of a Train controller and worker group per trial); more workers build their
-    ``TorchTrainer`` with the same :func:`workflows.train.build_trainer` as plain training.
+    ``TorchTrainer`` with the same :func:`glue.train.build_trainer` as plain training.
     """
     import ray.tune
 
     from avarnet.config import config_from_dict
-    from workflows import tracking
-    from workflows.runtime import quiet_driver
+    from glue import tracking
+    from glue.runtime import quiet_driver
 
     quiet_driver()  # the trial's own Ray Data reads and Train reports: warnings only
     sampled = _sampled(config)
@@ -145,7 +145,7 @@ def _trial(config: dict[str, Any]) -> None:
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from workflows.train import DataFacts, build_trainer
+    from glue.train import DataFacts, build_trainer
 
     trainer = build_trainer(
         cfg,
@@ -164,15 +164,15 @@ def _trial(config: dict[str, Any]) -> None:
 
 def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> None:
     """Train in this trial's process; report every epoch with a checkpoint in the format
-    of :mod:`workflows.train` (so the winner becomes an artifact the same way), and resume
+    of :mod:`glue.train` (so the winner becomes an artifact the same way), and resume
     from Tune's checkpoint when the trial was restored."""
     import ray.tune
     import torch
 
     from avarnet import training as T
     from avarnet.models import create_model
-    from workflows import train as W
-    from workflows.tracking import log_epoch
+    from glue import train as W
+    from glue.tracking import log_epoch
 
     facts = W.DataFacts.from_dict(config["data_facts"])
     loop = W.model_config(cfg, facts)
@@ -281,7 +281,7 @@ def run_search(
     Raises:
         SearchInterrupted: the search stopped early (Ctrl-C); call again to resume.
     """
-    from workflows import tracking
+    from glue import tracking
 
     search = _Search(cfg, features_dir, tracking_uri, name, facts, callbacks, progress)
     search.open(parent_run_id)
@@ -319,7 +319,7 @@ class _Search:
 
     def __init__(self, cfg, features_dir, tracking_uri, name, facts, callbacks, progress):
         from avarnet.features import table as ft
-        from workflows.train import check_training_data
+        from glue.train import check_training_data
 
         self.space = check_search_settings(cfg)
         self.features_dir = Path(features_dir).resolve()
@@ -347,7 +347,7 @@ class _Search:
         """Open the search's parent run, or reopen it when the search is restored."""
         from ray import tune
 
-        from workflows import tracking
+        from glue import tracking
 
         state_file = self.storage / f"{self.name}.{_STATE_FILE}"
         self.restoring = (
@@ -447,7 +447,7 @@ class _Search:
     def experiment(self, exp_name: str, num_samples: int, seed: int, *, baseline: bool = False):
         """Run experiment ``exp_name`` (restored when it was interrupted); its result grid
         and trial table. ``baseline``: one trial of the configuration as given."""
-        from workflows import tracking
+        from glue import tracking
 
         tuner, restored = self._tuner(exp_name, num_samples, seed, baseline)
         grid = tuner.fit()
@@ -497,7 +497,7 @@ class _Search:
 
         from avarnet.evaluation import evaluate
         from avarnet.predictor import Predictor
-        from workflows.train import artifact_from_checkpoint
+        from glue.train import artifact_from_checkpoint
 
         values = _sampled(result.config)
         ckpt = result.checkpoint or Checkpoint(result.metrics["checkpoint_path"])
@@ -599,7 +599,7 @@ def _progress_callback(total: int, max_epochs: int):
     (Tune's own tables are too wide to read, and go to the log)."""
     from ray.tune import Callback
 
-    from workflows import console
+    from glue import console
 
     class Progress(Callback):
         def __init__(self):
@@ -687,7 +687,7 @@ def _release_callback(worker_bundle: dict[str, float], grace_s: float = 3.0):
                 _time.sleep(0.25)
             if not found:
                 return
-            from workflows.runtime import remove_placement_groups
+            from glue.runtime import remove_placement_groups
 
             remove_placement_groups(found)
             log.info(

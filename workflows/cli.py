@@ -13,7 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workflows import console
+from glue import console
+from glue.errors import (
+    EXIT_BAD_INPUT,
+    CliError,
+    handle_sigterm,
+    interrupt_name,
+    interrupt_status,
+    known_errors,
+)
 from workflows.commands import (
     evaluate,
     extract,
@@ -28,14 +36,6 @@ from workflows.commands import (
     tune,
 )
 from workflows.commands._common import say_error
-from workflows.errors import (
-    EXIT_BAD_INPUT,
-    CliError,
-    handle_sigterm,
-    interrupt_name,
-    interrupt_status,
-    known_errors,
-)
 
 __all__ = ["EXIT_BAD_INPUT", "VERBS", "CliError", "build_parser", "main"]
 

@@ -452,10 +452,10 @@ def run_extract(
     ``retry_failed``.
 
     Ray must be initialised by the caller (``ray.init`` or a job's cluster). ``logger`` is an
-    optional :class:`workflows.tracking.RunLogger` that receives params, metrics, artifacts.
+    optional :class:`glue.tracking.RunLogger` that receives params, metrics, artifacts.
     """
 
-    from workflows import console
+    from glue import console
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from avarnet.config import Config, config_to_dict, load_config, save_config
-from workflows import console
-from workflows.errors import (
+from glue import console
+from glue.errors import (
     EXIT_BAD_INPUT,
     handle_sigterm,
     interrupt_name,
@@ -178,7 +178,7 @@ class Pipeline:
         return d
 
     def stage_train(self, parent_run_id: str | None, run) -> dict:
-        from workflows.train import run_training_seeds
+        from glue.train import run_training_seeds
 
         res = run_training_seeds(
             self.cfg,
@@ -281,8 +281,8 @@ class Pipeline:
     ) -> list[StageResult]:
         """Run ``stages`` (default: all); ``then`` runs afterwards, still inside the Ray
         session (the service is up)."""
-        from workflows import tracking
-        from workflows.runtime import ray_session
+        from glue import tracking
+        from glue.runtime import ray_session
 
         wanted = list(stages or STAGES)
         unknown = sorted(set(wanted) - set(STAGES))
@@ -489,8 +489,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def check_settings(cfg: Config, stages: list[str] | None = None) -> None:
     """Refuse, before anything runs, settings that cannot work together."""
+    from glue.runtime import check_durable_path
     from tune.search import check_search_settings
-    from workflows.runtime import check_durable_path
 
     check_durable_path(cfg.output_dir, "output_dir")
     if "tune" in (stages or STAGES):

@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avarnet.features import table as ft
-from workflows.errors import CliError
+from glue.errors import CliError
+from glue.tracking import write_json
 from workflows.extract import ExtractPlan, ExtractSummary, split_todo
-from workflows.tracking import write_json
 
 __all__ = [
     "ModelId",
@@ -181,7 +181,7 @@ def _digest_folder(folder: Path) -> str:
 def load_model(uri: str, tracking_uri: str | None, output_dir: str | os.PathLike):
     """The Predictor and its :class:`ModelId`; a registry alias is pinned to its version."""
     from avarnet.config import TrackingConfig
-    from workflows import tracking
+    from glue import tracking
 
     if uri.startswith(("models:/", "runs:/")):
         resolved = tracking_uri or tracking.resolve_tracking_uri(TrackingConfig(), output_dir)
@@ -367,7 +367,7 @@ def run_predict(
 ) -> PredictSummary:
     """Score ``rows`` with ``predictor`` into ``out_dir`` (Ray must be initialised when
     there is something to do)."""
-    from workflows import console
+    from glue import console
     from workflows.extract import Assembler, encoded_chunks
 
     t0 = time.perf_counter()

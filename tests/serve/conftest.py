@@ -20,7 +20,7 @@ def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
     """``models:/avarnet@champion`` in a fresh sqlite store: an avarnet_tiny model with
     seeded weights for the benchmark's ten classes and the tiny FeatureSpec."""
     from avarnet.predictor import seeded_artifact
-    from workflows import tracking
+    from glue import tracking
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -12,7 +12,7 @@ import sys
 
 
 def _env() -> dict:
-    from workflows.runtime import WORKER_ENV
+    from glue.runtime import WORKER_ENV
 
     return {k: os.environ.get(k) for k in WORKER_ENV}
 
@@ -27,7 +27,7 @@ def main(out: str) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from workflows.runtime import ray_session
+    from glue.runtime import ray_session
 
     with ray_session():
         task_env = ray.data.range(1).map(lambda row: _env()).take(1)[0]

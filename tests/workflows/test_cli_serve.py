@@ -32,7 +32,7 @@ def free_port() -> int:
 def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
     """``models:/avarnet@champion`` (seeded tiny weights) in a fresh sqlite store."""
     from avarnet.predictor import seeded_artifact
-    from workflows import tracking
+    from glue import tracking
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -51,7 +51,7 @@ def test_workers_get_the_project_environment_inside_a_job(head_node, tmp_path):
     """A driver inside `ray job submit` joins a cluster started with plain `ray start`:
     what the project needs in its workers' environment still reaches a Ray Data task and a
     Ray Train worker, without --runtime-env-json."""
-    from workflows.runtime import WORKER_ENV
+    from glue.runtime import WORKER_ENV
 
     out = tmp_path / "probe.json"
     res = head_node.ray(

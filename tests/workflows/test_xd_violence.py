@@ -58,8 +58,8 @@ def _released(root: Path, seed: int = 0) -> Path:
 
 @pytest.mark.integration
 def test_imported_features_train_evaluate_and_predict_but_do_not_serve(ray_session, tmp_path):
+    from glue.train import check_training_data, run_training
     from serve.app import check_encodable, resolve_model
-    from workflows.train import check_training_data, run_training
 
     root = _released(tmp_path / "xd")
     table = tmp_path / "features"

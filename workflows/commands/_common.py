@@ -8,7 +8,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from workflows import console, private_api
+from glue import console, private_api
 
 SubParsers = private_api.SubParsersAction  # argparse's, which has no public name
 
@@ -81,6 +81,6 @@ def config_log_dir(args: argparse.Namespace):
 
 
 def tracking_uri_for(cfg, root) -> str:
-    from workflows.tracking import resolve_tracking_uri
+    from glue.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(cfg.tracking, root)

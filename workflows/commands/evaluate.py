@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from glue.errors import CliError
 from workflows.commands._common import SubParsers, beside, emit
-from workflows.errors import CliError
 
 
 def add(sub: SubParsers) -> None:
@@ -35,7 +35,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from avarnet.evaluation import evaluate, format_report
     from avarnet.features.table import read_features
-    from workflows.tracking import load_predictor, write_json
+    from glue.tracking import load_predictor, write_json
 
     features = Path(args.features).resolve()
     predictor = load_predictor(args.model, args.tracking_uri, features.parent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workflows import console
+from glue import console
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
@@ -54,9 +54,9 @@ def _run_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from avarnet.data.manifest import read_manifest
-    from workflows import tracking
+    from glue import tracking
+    from glue.runtime import check_durable_path, ray_session
     from workflows.extract import extract_with_config, plan_extract, spec_from_config
-    from workflows.runtime import check_durable_path, ray_session
 
     extra = flag_overrides(
         args,

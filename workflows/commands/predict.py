@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from workflows import console
+from glue import console
+from glue.errors import CliError
 from workflows.commands._common import SubParsers, emit, load_cfg, tracking_uri_for
-from workflows.errors import CliError
 
 
 def add(sub: SubParsers) -> None:
@@ -71,8 +71,9 @@ def _predict_out(args: argparse.Namespace):
 def _run_predict(args: argparse.Namespace) -> int:
     import contextlib
 
-    from workflows import predict, tracking
-    from workflows.runtime import check_durable_path, ray_session
+    from glue import tracking
+    from glue.runtime import check_durable_path, ray_session
+    from workflows import predict
 
     cfg = load_cfg(argparse.Namespace(config=args.config, overrides=[]), [])
     if not 0.0 <= args.threshold <= 1.0:

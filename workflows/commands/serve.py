@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from workflows import console
+from glue import console
+from glue.errors import CliError
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
@@ -13,7 +14,6 @@ from workflows.commands._common import (
     flag_overrides,
     load_cfg,
 )
-from workflows.errors import CliError
 
 
 def add(sub: SubParsers) -> None:
@@ -62,8 +62,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from glue.runtime import ray_session
     from serve.deploy import app_args, deploy, shutdown
-    from workflows.runtime import ray_session
 
     cfg = load_cfg(
         args,

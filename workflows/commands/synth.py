@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from glue.errors import CliError
 from workflows.commands._common import SubParsers, emit, progress_callback
-from workflows.errors import CliError
 
 
 def add(sub: SubParsers) -> None:

@@ -47,8 +47,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from avarnet.evaluation import format_report
-    from workflows.runtime import check_durable_path, ray_session
-    from workflows.train import check_training_data, run_training_seeds
+    from glue.runtime import check_durable_path, ray_session
+    from glue.train import check_training_data, run_training_seeds
 
     check_durable_path(args.features, "--features")
     features = Path(args.features).resolve()

@@ -44,9 +44,9 @@ def add(sub: SubParsers) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from glue.runtime import check_durable_path, ray_session
+    from glue.train import check_training_data
     from tune.search import SearchInterrupted, check_search_settings, run_search
-    from workflows.runtime import check_durable_path, ray_session
-    from workflows.train import check_training_data
 
     check_durable_path(args.features, "--features")
     features = Path(args.features).resolve()

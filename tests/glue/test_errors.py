@@ -1,4 +1,4 @@
-"""workflows/errors.py: SIGTERM is an interruption; hooks run before the stack unwinds."""
+"""glue/errors.py: SIGTERM is an interruption; hooks run before the stack unwinds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from workflows.errors import (
+from glue.errors import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     Terminated,
@@ -44,8 +44,8 @@ def test_an_mlflow_run_open_at_sigterm_ends_killed(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time
-        from workflows import tracking
-        from workflows.errors import handle_sigterm, interrupt_status
+        from glue import tracking
+        from glue.errors import handle_sigterm, interrupt_status
         handle_sigterm()
         try:
             with tracking.start_run({uri!r}, "exp", "victim") as run:

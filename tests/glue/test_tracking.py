@@ -1,4 +1,4 @@
-"""workflows.tracking on a real sqlite MLflow store in tmp_path (no Ray, no server)."""
+"""glue.tracking on a real sqlite MLflow store in tmp_path (no Ray, no server)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from avarnet.config import TrackingConfig
 from avarnet.predictor import read_meta, seeded_artifact
-from workflows import tracking
+from glue import tracking
 
 LABELS = ["Normal", "Fight"]
 

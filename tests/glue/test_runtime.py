@@ -1,11 +1,11 @@
-"""workflows/runtime.py: the workers' environment in every case, durable paths in a job."""
+"""glue/runtime.py: the workers' environment in every case, durable paths in a job."""
 
 from __future__ import annotations
 
 import pytest
 
 from avarnet.config import ConfigError
-from workflows.runtime import WORKER_ENV, check_durable_path, init_kwargs, project_root
+from glue.runtime import WORKER_ENV, check_durable_path, init_kwargs, project_root
 
 
 def test_local_ray_gets_the_worker_env_and_the_project_on_pythonpath(monkeypatch):

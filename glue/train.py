@@ -206,7 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from avarnet import training as T
     from avarnet.models import create_model
-    from workflows.runtime import quiet_driver
+    from glue.runtime import quiet_driver
 
     quiet_driver()  # this worker's Ray Data and Ray Train INFO lines would reach the driver
     ctx = ray.train.get_context()
@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict) -> None:
             device=device,
         )
         if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
-            from workflows.tracking import log_epoch
+            from glue.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
         checkpoint = None
@@ -497,7 +497,7 @@ def run_training(
     run and register the model. Ray must be initialised."""
     from avarnet.evaluation import evaluate
     from avarnet.predictor import Predictor
-    from workflows import tracking
+    from glue import tracking
 
     features_dir = Path(features_dir).resolve()
     facts = facts or check_training_data(features_dir)
@@ -609,7 +609,7 @@ def run_training_seeds(
     (``selected_on: "val"``) and carries the selected seed's own metrics at the top level.
     """
     from avarnet.config import apply_overrides
-    from workflows import tracking
+    from glue import tracking
 
     seeds = list(cfg.train.seeds or [cfg.train.seed])
     facts = facts or check_training_data(features_dir)

@@ -93,7 +93,7 @@ class RunLogger:
     def watch_sigterm(self) -> RunLogger:
         """End this run ``KILLED`` as soon as the process gets SIGTERM (``ray job stop``
         kills the driver 3 s later, too soon to rely on the stack unwinding)."""
-        from workflows.errors import on_terminate
+        from glue.errors import on_terminate
 
         self._unwatch = on_terminate(lambda: self.client.set_terminated(self.run_id, "KILLED"))
         return self
@@ -254,7 +254,7 @@ def epoch_progress(run: RunLogger, total: int, *, enabled: bool = True) -> Itera
     logs to this run (the driver sees no per-epoch result of Ray Train otherwise)."""
     import threading
 
-    from workflows import console
+    from glue import console
 
     if not enabled:
         yield

@@ -1,8 +1,8 @@
-"""Every private name wrapped by :mod:`workflows.private_api` still exists in the installed
+"""Every private name wrapped by :mod:`glue.private_api` still exists in the installed
 versions. Unit tier: modules are imported, Ray is not started.
 
 A failure here means an upgrade removed or changed a private API: fix the wrapper in
-workflows/private_api.py (or switch it to the public API its comment names)."""
+glue/private_api.py (or switch it to the public API its comment names)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import logging
 
 import pytest
 
-from workflows import private_api
+from glue import private_api
 
-FIX = "fix workflows/private_api.py (its comment names the public API to switch to)"
+FIX = "fix glue/private_api.py (its comment names the public API to switch to)"
 
 
 def test_importing_it_starts_nothing_heavy():
@@ -22,7 +22,7 @@ def test_importing_it_starts_nothing_heavy():
     import sys
 
     code = (
-        "import sys, workflows.private_api; "
+        "import sys, glue.private_api; "
         "print(sorted(m for m in ('ray', 'starlette', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -101,7 +101,7 @@ def test_ray_tune_result_grid_keeps_its_experiment_analysis():
 
 
 def test_no_private_ray_or_argparse_names_outside_private_api():
-    """The call sites go through workflows.private_api; nothing else reaches in."""
+    """The call sites go through glue.private_api; nothing else reaches in."""
     import re
     from pathlib import Path
 
@@ -118,4 +118,4 @@ def test_no_private_ray_or_argparse_names_outside_private_api():
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if pattern.search(line):
                     found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
-    assert not found, "private names outside workflows/private_api.py:\n" + "\n".join(found)
+    assert not found, "private names outside glue/private_api.py:\n" + "\n".join(found)

@@ -17,7 +17,7 @@ from avarnet.config import load_config
 from avarnet.features import table as ft
 from avarnet.features.backbones import build_feature_spec
 from avarnet.predictor import Predictor
-from workflows.train import TrainingDataError, check_training_data, run_training
+from glue.train import TrainingDataError, check_training_data, run_training
 
 
 def _cfg(tmp_path: Path, *overrides: str):
@@ -146,7 +146,7 @@ def test_in_process_training_logs_everything_to_mlflow(trained, tiny_features):
 
 
 def test_registered_model_predicts_like_the_artifact(trained, tiny_features):
-    from workflows.tracking import download_model
+    from glue.tracking import download_model
 
     cfg, uri, res = trained
     local = Predictor.from_dir(res["artifact_dir"])

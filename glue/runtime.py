@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from workflows import private_api
+from glue import private_api
 
 # Environment of every Ray worker process we start:
 # - Ray Data operators and Ray Train's split coordinator would otherwise print per-operator
@@ -95,7 +95,7 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
     start a local one for the duration of the block and shut it down afterwards."""
     import ray
 
-    from workflows.errors import handle_sigterm
+    from glue.errors import handle_sigterm
 
     started = False
     if not ray.is_initialized():

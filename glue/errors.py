@@ -74,7 +74,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from avarnet.data.decode import DecodeError
     from avarnet.data.manifest import ManifestError
     from avarnet.features.spec import FeatureSpecMismatch
-    from workflows.train import TrainingDataError
+    from glue.train import TrainingDataError
 
     return (
         CliError,

@@ -1,4 +1,4 @@
-"""workflows/console.py: the user's output on the terminal, everything else in the log."""
+"""glue/console.py: the user's output on the terminal, everything else in the log."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_capture_sends_fd_and_python_output_to_the_log(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, sys
-        from workflows import console
+        from glue import console
         with console.capture({str(tmp_path)!r}, "t") as log:
             os.write(2, b"[core_worker.cc] noise on fd 2\\n")
             os.write(1, b"noise on fd 1\\n")
@@ -40,7 +40,7 @@ def test_verbose_keeps_everything_live(tmp_path):
     script = textwrap.dedent(
         f"""
         import os
-        from workflows import console
+        from glue import console
         with console.capture({str(tmp_path)!r}, "t", verbose=True):
             os.write(2, b"noise\\n")
         """
