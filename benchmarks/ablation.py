@@ -9,7 +9,7 @@ recipe and prints test accuracy and macro-F1 as mean and standard deviation over
 
 The MTCNs train in this process with :func:`avarnet.training.fit` (the step the Ray Train
 loop runs, on the same splits); ``--ray`` trains them through the real trainer instead
-(``workflows.train.run_training``: Ray Train, MLflow in a temporary sqlite store).
+(``glue.train.run_training``: Ray Train, MLflow in a temporary sqlite store).
 
 The floor: a logistic regression on clip-mean features (each step LayerNorm'd as the
 model's fusion does, then standardised per dimension), fitted on the train split, for
@@ -60,7 +60,7 @@ def main() -> None:
 
     import ray
 
-    from workflows.runtime import init_kwargs, quiet_driver
+    from glue.runtime import init_kwargs, quiet_driver
 
     if args.ray or not args.features:  # extraction and --ray need Ray; fit does not
         ray.init(**init_kwargs(num_cpus=os.cpu_count(), address=None))
@@ -133,7 +133,7 @@ def _train_in_process(cfg, features: Path, tmp: Path, name: str, threads: int) -
     from avarnet import training as T
     from avarnet.models import create_model
     from avarnet.predictor import find_normal_label
-    from workflows.train import check_training_data, model_kwargs
+    from glue.train import check_training_data, model_kwargs
 
     torch.set_num_threads(threads)
     facts = check_training_data(features)
@@ -167,7 +167,7 @@ def _train_in_process(cfg, features: Path, tmp: Path, name: str, threads: int) -
 
 
 def _train_ray(cfg, features: Path, tmp: Path, name: str, threads: int) -> dict:
-    from workflows.train import run_training
+    from glue.train import run_training
 
     res = run_training(
         cfg,
