@@ -233,6 +233,30 @@ def find_xd_features(
     if not root.is_dir():
         raise FeatureImportError(f"{root}: no such directory")
     files = _walk_npy(root)
+    rgb, audio, by_base, ignored = _index_files(root, files, unique=not lists)
+    if not rgb and not lists:
+        raise FeatureImportError(
+            f"{root}: no released features found (expected <name>__0.npy ... <name>__4.npy "
+            f"I3D crops and <name>__vggish.npy; {len(files)} .npy file(s) of another kind)"
+        )
+    if lists:
+        videos, audio = _from_lists(root, [Path(p) for p in lists], by_base)
+    else:
+        videos = _from_folders(root, rgb, annotated)
+    out = [_checked_video(root, v, audio, check_audio_split=not lists) for v in videos]
+    names = {v.name for v in out}
+    counts = {"ignored_npy": ignored, "audio_without_rgb": len(set(audio) - names)}
+    return out, counts
+
+
+def _index_files(
+    root: Path, files: list[Path], *, unique: bool
+) -> tuple[dict[str, dict[int, Path]], dict[str, Path], dict[str, list[Path]], int]:
+    """``(rgb crops by name, audio by name, files by base name, files of another kind)``.
+
+    ``unique``: a second file for one crop or one audio fails (without lists; with
+    lists, only a listed name must be unique).
+    """
     rgb: dict[str, dict[int, Path]] = {}
     audio: dict[str, Path] = {}
     by_base: dict[str, list[Path]] = {}
@@ -246,57 +270,64 @@ def find_xd_features(
         name, kind = parsed
         slot = audio if kind == "vggish" else rgb.setdefault(name, {})
         key = name if kind == "vggish" else int(kind)
-        if key in slot and not lists:  # with lists, only a listed name must be unique
+        if key in slot and unique:
             raise FeatureImportError(
                 f"{f}: two files for {f.name} below {root} (also {slot[key]}); point at one "
                 "feature set (RGB and flow features share names)"
             )
         slot[key] = f
-    if not rgb and not lists:
+    return rgb, audio, by_base, ignored
+
+
+def _from_folders(
+    root: Path, rgb: dict[str, dict[int, Path]], annotated: set[str] | frozenset[str]
+) -> list[tuple[str, str, dict[int, Path]]]:
+    """Videos ``(name, split, {crop: path})`` split by their folders, in the field's order."""
+    videos = []
+    for name, crops in rgb.items():
+        where = crops[min(crops)]
+        split = _split_of(where.relative_to(root).parts[:-1])
+        if split is None and name in annotated:
+            split = "test"
+        if split is None:
+            raise FeatureImportError(
+                f"{where}: no split: put the files below train/ and test/ folders, give "
+                "the annotation file, or give the official lists with --lists"
+            )
+        videos.append((name, split, crops))
+    # The field's order: train then test; violent videos before normal ones.
+    videos.sort(key=lambda v: (v[1] != "train", "_label_A" in v[0], v[0]))
+    return videos
+
+
+def _checked_video(
+    root: Path,
+    video: tuple[str, str, dict[int, Path]],
+    audio: dict[str, Path],
+    *,
+    check_audio_split: bool,
+) -> XdVideo:
+    """The :class:`XdVideo` of ``(name, split, crops)``: all five crops, its audio, labels."""
+    name, split, crops = video
+    missing = [k for k in range(N_CROPS) if k not in crops]
+    where = crops[min(crops)] if crops else root / name
+    if missing:
         raise FeatureImportError(
-            f"{root}: no released features found (expected <name>__0.npy ... <name>__4.npy "
-            f"I3D crops and <name>__vggish.npy; {len(files)} .npy file(s) of another kind)"
+            f"{where}: crop(s) {', '.join(map(str, missing))} of {name} missing (expected "
+            f"{name}__0.npy ... {name}__4.npy)"
         )
-    if lists:
-        videos, audio = _from_lists(root, [Path(p) for p in lists], by_base)
-    else:
-        videos = []
-        for name, crops in rgb.items():
-            where = crops[min(crops)]
-            split = _split_of(where.relative_to(root).parts[:-1])
-            if split is None and name in annotated:
-                split = "test"
-            if split is None:
-                raise FeatureImportError(
-                    f"{where}: no split: put the files below train/ and test/ folders, give "
-                    "the annotation file, or give the official lists with --lists"
-                )
-            videos.append((name, split, crops))
-        # The field's order: train then test; violent videos before normal ones.
-        videos.sort(key=lambda v: (v[1] != "train", "_label_A" in v[0], v[0]))
-    out: list[XdVideo] = []
-    for name, split, crops in videos:
-        missing = [k for k in range(N_CROPS) if k not in crops]
-        where = crops[min(crops)] if crops else root / name
-        if missing:
-            raise FeatureImportError(
-                f"{where}: crop(s) {', '.join(map(str, missing))} of {name} missing (expected "
-                f"{name}__0.npy ... {name}__4.npy)"
-            )
-        if name not in audio:
-            raise FeatureImportError(
-                f"{where}: no audio features for {name} ({name}__vggish.npy) below {root}"
-            )
-        a_split = None if lists else _split_of(audio[name].relative_to(root).parts[:-1])
-        if a_split is not None and a_split != split:
-            raise FeatureImportError(
-                f"{audio[name]}: audio in the {a_split} split, its RGB crops in {split}"
-            )
-        out.append(XdVideo(name, split, [crops[k] for k in range(N_CROPS)], audio[name]))
-        out[-1].labels = _labels(name, where)
-    names = {v.name for v in out}
-    counts = {"ignored_npy": ignored, "audio_without_rgb": len(set(audio) - names)}
-    return out, counts
+    if name not in audio:
+        raise FeatureImportError(
+            f"{where}: no audio features for {name} ({name}__vggish.npy) below {root}"
+        )
+    a_split = _split_of(audio[name].relative_to(root).parts[:-1]) if check_audio_split else None
+    if a_split is not None and a_split != split:
+        raise FeatureImportError(
+            f"{audio[name]}: audio in the {a_split} split, its RGB crops in {split}"
+        )
+    out = XdVideo(name, split, [crops[k] for k in range(N_CROPS)], audio[name])
+    out.labels = _labels(name, where)
+    return out
 
 
 def _from_lists(
@@ -478,6 +509,35 @@ def import_xd_features(
         ``problems`` (annotation lines naming no imported video), ``ignored_npy``,
         ``audio_without_rgb``.
     """
+    out = _checked_out(out, crops, val_fraction, force)
+    gt_table, problems, videos, counts = _find_annotated(root, annotations, lists)
+    split_of = _split_videos(videos, val_fraction, seed)
+    spec = imported_spec("xd-i3d-vggish")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    summary = _new_summary(root, out, annotations, lists, crops, val_fraction, videos, counts)
+    try:
+        buffer: list[dict] = []
+        for i, video in enumerate(videos):
+            buffer += _video_rows(video, split_of[video.name], gt_table, crops, summary)
+            if len(buffer) >= rows_per_part or i == len(videos) - 1:
+                _write_rows(buffer, tmp, spec, summary)
+                buffer = []
+            if progress is not None:
+                progress(i + 1, len(videos))
+        summary["problems"] = problems
+        save_spec(spec, tmp)
+        (tmp / IMPORT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _checked_out(out: str | os.PathLike, crops: str, val_fraction: float, force: bool) -> Path:
+    """The absolute table folder, once the arguments are known to be valid."""
     if crops not in CROP_MODES:
         raise FeatureImportError(f"unknown crop mode {crops!r}; expected one of {CROP_MODES}")
     if not 0.0 <= val_fraction < 1.0:
@@ -485,30 +545,21 @@ def import_xd_features(
     out = Path(os.path.abspath(os.fspath(out)))
     if out.exists() and any(out.iterdir()) and not force:
         raise FeatureImportError(f"{out}: already exists and is not empty (force replaces it)")
-    gt_table: dict[str, list[list[int]]] = {}
-    problems: list[dict] = []
-    if annotations is not None:
-        gt_table, problems = read_xd_annotations(annotations)
-    videos, counts = find_xd_features(root, lists=lists, annotated=set(gt_table))
-    names = {v.name for v in videos}
-    problems += [
-        {"file": os.path.abspath(annotations), "reason": f"{name}: no such video"}
-        for name in gt_table
-        if name not in names
-    ]
-    split_of = {v.name: v.split for v in videos}
-    if val_fraction > 0:
-        train = [
-            {"video_id": v.name, "label": v.labels[0], "split": None}
-            for v in videos
-            if v.split == "train"
-        ]
-        assign_splits(train, seed, (1.0 - val_fraction, val_fraction, 0.0))
-        split_of.update({r["video_id"]: r["split"] for r in train})
-    spec = imported_spec("xd-i3d-vggish")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
-    summary = {
+    return out
+
+
+def _new_summary(
+    root: str | os.PathLike,
+    out: Path,
+    annotations: str | os.PathLike | None,
+    lists: Sequence[str | os.PathLike] | None,
+    crops: str,
+    val_fraction: float,
+    videos: list[XdVideo],
+    counts: dict[str, int],
+) -> dict:
+    """The import summary before any row is written (counts at zero)."""
+    return {
         "format": "xd-i3d-vggish",
         "root": str(Path(root).resolve()),
         "out": str(out),
@@ -526,44 +577,76 @@ def import_xd_features(
         "annotated": 0,
         **counts,
     }
-    try:
-        buffer: list[dict] = []
-        for i, video in enumerate(videos):
-            split = split_of[video.name]
-            rgb, audio, dropped = load_xd_video(video)
-            summary["dropped_last_rgb"] += dropped == 1
-            summary["dropped_last_audio"] += dropped == -1
-            summary["snippets"] += rgb.shape[1]
-            gt = None
-            if split == "test" and video.name in gt_table:
-                gt = gt_table[video.name]
-            elif split == "test" and video.labels == [_NORMAL]:
-                gt = []  # normal test videos: annotated as "nothing anomalous"
-            summary["annotated"] += gt is not None
-            if crops == "each" and split == "train":
-                buffer += [
-                    _row(f"{video.name}__{k}", video.rgb[k], video, split, rgb[k], audio, gt)
-                    for k in range(N_CROPS)
-                ]
-            else:
-                buffer.append(_row(video.name, video.rgb[0], video, split, rgb.mean(0), audio, gt))
-            vn = summary["violent_normal"].setdefault(split, {"violent": 0, "normal": 0})
-            vn["normal" if video.labels == [_NORMAL] else "violent"] += 1
-            if len(buffer) >= rows_per_part or i == len(videos) - 1:
-                for row in buffer:
-                    sc = summary["split_counts"]
-                    sc[row["split"]] = sc.get(row["split"], 0) + 1
-                summary["rows"] += len(buffer)
-                write_part(buffer, tmp, spec)
-                buffer = []
-            if progress is not None:
-                progress(i + 1, len(videos))
-        summary["problems"] = problems
-        save_spec(spec, tmp)
-        (tmp / IMPORT_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return summary
+
+
+def _find_annotated(
+    root: str | os.PathLike,
+    annotations: str | os.PathLike | None,
+    lists: Sequence[str | os.PathLike] | None,
+) -> tuple[dict[str, list[list[int]]], list[dict], list[XdVideo], dict[str, int]]:
+    """``(gt_table, problems, videos, counts)``: the annotation file read, the videos found
+    (:func:`find_xd_features`), and the annotation lines naming no video as problems."""
+    gt_table: dict[str, list[list[int]]] = {}
+    problems: list[dict] = []
+    if annotations is not None:
+        gt_table, problems = read_xd_annotations(annotations)
+    videos, counts = find_xd_features(root, lists=lists, annotated=set(gt_table))
+    names = {v.name for v in videos}
+    problems += [
+        {"file": os.path.abspath(annotations), "reason": f"{name}: no such video"}
+        for name in gt_table
+        if name not in names
+    ]
+    return gt_table, problems, videos, counts
+
+
+def _split_videos(videos: list[XdVideo], val_fraction: float, seed: int) -> dict[str, str]:
+    """Each video's split: its own, with ``val_fraction`` of the training videos moved to
+    ``val`` (stratified by first label, deterministic for ``seed``)."""
+    split_of = {v.name: v.split for v in videos}
+    if val_fraction > 0:
+        train = [
+            {"video_id": v.name, "label": v.labels[0], "split": None}
+            for v in videos
+            if v.split == "train"
+        ]
+        assign_splits(train, seed, (1.0 - val_fraction, val_fraction, 0.0))
+        split_of.update({r["video_id"]: r["split"] for r in train})
+    return split_of
+
+
+def _video_rows(
+    video: XdVideo,
+    split: str,
+    gt_table: dict[str, list[list[int]]],
+    crops: str,
+    summary: dict,
+) -> list[dict]:
+    """The table rows of one video (one, or one per crop); counts it into ``summary``."""
+    rgb, audio, dropped = load_xd_video(video)
+    summary["dropped_last_rgb"] += dropped == 1
+    summary["dropped_last_audio"] += dropped == -1
+    summary["snippets"] += rgb.shape[1]
+    gt = None
+    if split == "test" and video.name in gt_table:
+        gt = gt_table[video.name]
+    elif split == "test" and video.labels == [_NORMAL]:
+        gt = []  # normal test videos: annotated as "nothing anomalous"
+    summary["annotated"] += gt is not None
+    vn = summary["violent_normal"].setdefault(split, {"violent": 0, "normal": 0})
+    vn["normal" if video.labels == [_NORMAL] else "violent"] += 1
+    if crops == "each" and split == "train":
+        return [
+            _row(f"{video.name}__{k}", video.rgb[k], video, split, rgb[k], audio, gt)
+            for k in range(N_CROPS)
+        ]
+    return [_row(video.name, video.rgb[0], video, split, rgb.mean(0), audio, gt)]
+
+
+def _write_rows(rows: list[dict], tmp: Path, spec: FeatureSpec, summary: dict) -> None:
+    """Write ``rows`` as one Parquet part below ``tmp``; counts them into ``summary``."""
+    for row in rows:
+        sc = summary["split_counts"]
+        sc[row["split"]] = sc.get(row["split"], 0) + 1
+    summary["rows"] += len(rows)
+    write_part(rows, tmp, spec)
