@@ -148,6 +148,34 @@ def write_av_clip(
     """
     import av
 
+    video, ticks, audio = _checked_clip(video, pts, audio, audio_rate)
+    h, w = video.shape[1:3]
+    rate = Fraction(fps).limit_denominator(1_000_000)
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as container:
+        vs = _add_video_stream(container, rate, w, h, crf=crf, preset=preset)
+        astream = None
+        if audio is not None:
+            layout = "mono" if audio.shape[0] == 1 else "stereo"
+            astream = container.add_stream("aac", rate=int(audio_rate), layout=layout)
+            astream.bit_rate = 64000 * audio.shape[0]
+        for frame_rgb, tick in zip(video, ticks):
+            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+            frame.pts, frame.time_base = int(tick), 1 / rate
+            container.mux(vs.encode(frame))
+        container.mux(vs.encode(None))
+        if astream is not None:
+            _mux_audio(container, astream, audio, int(audio_rate))
+    return path
+
+
+def _checked_clip(
+    video: np.ndarray,
+    pts: Sequence[int] | None,
+    audio: np.ndarray | None,
+    audio_rate: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(video, ticks (N,), audio (C, S) clipped or None)``, once they are valid."""
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8 or not len(video):
         raise ValueError(f"video must be (N, H, W, 3) uint8 with N >= 1, got {video.shape}")
@@ -164,46 +192,43 @@ def write_av_clip(
             raise ValueError(f"audio must be (S,) or (C, S) with C in (1, 2), got {audio.shape}")
         if not audio_rate:
             raise ValueError("audio_rate is required with audio")
-    rate = Fraction(fps).limit_denominator(1_000_000)
-    path = Path(path)
-    with av.open(str(path), "w", format="mp4") as container:
-        vs = container.add_stream(
-            "libx264",
-            rate=rate,
-            # Single-threaded and without macroblock-tree rate control: x264's mbtree
-            # lookahead made output vary between runs for some frame sizes (e.g. 96x80).
-            options={
-                "preset": preset,
-                "crf": str(crf),
-                "threads": "1",
-                "x264-params": "bframes=0:no-mbtree=1",
-            },
-        )
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.codec_context.thread_count = 1
-        vs.codec_context.time_base = 1 / rate
-        vs.codec_context.gop_size = max(1, round(2 * float(rate)))  # a keyframe every ~2 s
-        astream = None
-        if audio is not None:
-            layout = "mono" if audio.shape[0] == 1 else "stereo"
-            astream = container.add_stream("aac", rate=int(audio_rate), layout=layout)
-            astream.bit_rate = 64000 * audio.shape[0]
-        for frame_rgb, tick in zip(video, ticks):
-            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
-            frame.pts, frame.time_base = int(tick), 1 / rate
-            container.mux(vs.encode(frame))
-        container.mux(vs.encode(None))
-        if astream is not None:
-            layout = astream.codec_context.layout.name
-            step = astream.codec_context.frame_size or 1024
-            for start in range(0, audio.shape[1], step):
-                chunk = np.ascontiguousarray(audio[:, start : start + step])
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-                frame.sample_rate = int(audio_rate)
-                frame.pts, frame.time_base = start, Fraction(1, int(audio_rate))
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode(None))
-    return path
+    return video, ticks, audio
+
+
+def _add_video_stream(container, rate: Fraction, w: int, h: int, *, crf: int, preset: str):
+    """The deterministic libx264 yuv420p stream of ``container`` (see :func:`write_av_clip`)."""
+    vs = container.add_stream(
+        "libx264",
+        rate=rate,
+        # Single-threaded and without macroblock-tree rate control: x264's mbtree
+        # lookahead made output vary between runs for some frame sizes (e.g. 96x80).
+        options={
+            "preset": preset,
+            "crf": str(crf),
+            "threads": "1",
+            "x264-params": "bframes=0:no-mbtree=1",
+        },
+    )
+    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+    vs.codec_context.thread_count = 1
+    vs.codec_context.time_base = 1 / rate
+    vs.codec_context.gop_size = max(1, round(2 * float(rate)))  # a keyframe every ~2 s
+    return vs
+
+
+def _mux_audio(container, astream, audio: np.ndarray, audio_rate: int) -> None:
+    """Encode ``audio (C, S)`` in the stream's frame size and mux it, then flush."""
+    import av
+
+    layout = astream.codec_context.layout.name
+    step = astream.codec_context.frame_size or 1024
+    for start in range(0, audio.shape[1], step):
+        chunk = np.ascontiguousarray(audio[:, start : start + step])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate = audio_rate
+        frame.pts, frame.time_base = start, Fraction(1, audio_rate)
+        container.mux(astream.encode(frame))
+    container.mux(astream.encode(None))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -500,85 +525,111 @@ def generate_benchmark(
     ``audio`` signature indices, ``event_frames`` ``[start, end)`` (also for ``Normal``),
     ``event_seconds``, ``n_frames``, ``degradation`` (or null) and ``has_audio``.
     """
-    if clips_per_class < 1 or not seconds > 0 or not fps > 0:
-        raise ValueError("clips_per_class must be >= 1, seconds and fps > 0")
-    for name, f in (
-        ("degrade_fraction", degrade_fraction),
-        ("no_audio_fraction", no_audio_fraction),
-    ):
-        if not 0 <= f <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {f}")
+    params = {
+        "clips_per_class": clips_per_class,
+        "seconds": seconds,
+        "seed": seed,
+        "fps": fps,
+        "size": size,
+        "audio_rate": audio_rate,
+        "audio_channels": audio_channels,
+        "degrade_fraction": degrade_fraction,
+        "no_audio_fraction": no_audio_fraction,
+    }
+    _check_benchmark_params(params)
     out = Path(os.path.abspath(os.fspath(out_dir)))
-    out.mkdir(parents=True, exist_ok=True)
-    total = len(CLASSES) * clips_per_class
-    degradations, has_audio = _plan(total, seed, degrade_fraction, no_audio_fraction)
-    rows: list[dict] = []
-    clips_info: dict[str, dict] = {}
-    for ci, label in enumerate(CLASSES):
-        (out / label).mkdir(exist_ok=True)
-        for j in range(clips_per_class):
-            k = ci * clips_per_class + j
-            clip = render_clip(
-                label,
-                seed=seed,
-                index=j,
-                seconds=seconds,
-                fps=fps,
-                size=size,
-                audio_rate=audio_rate,
-                audio_channels=audio_channels,
-                degradation=degradations[k],
-                with_audio=has_audio[k],
-            )
-            video_id = f"{label}/{label}_{j:03d}"
-            path = out / f"{video_id}.mp4"
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            write_av_clip(tmp, clip.video, fps, clip.audio, audio_rate)
-            os.replace(tmp, path)
-            event = list(clip.event_frames)
-            rows.append(
-                {
-                    "video_id": video_id,
-                    "path": str(path),
-                    "label": label,
-                    "labels": [label],
-                    "split": None,
-                    "gt_intervals": [] if label == NORMAL_CLASS else [event],
-                    "gt_available": True,
-                }
-            )
-            clips_info[video_id] = {
-                "label": label,
-                "visual": SIGNATURES[label][0],
-                "audio": SIGNATURES[label][1],
-                "event_frames": event,
-                "event_seconds": [round(s, 6) for s in clip.event_seconds],
-                "n_frames": int(clip.video.shape[0]),
-                "degradation": clip.degradation,
-                "has_audio": clip.audio is not None,
-            }
-            if progress is not None:
-                progress(k + 1, total)
+    rows, clips_info = _write_clips(out, params, progress)
     assign_splits(rows, seed)
     write_manifest_csv(rows, out / "manifest.csv")
-    info = {
+    _write_json_atomic(_benchmark_info(params, clips_info), out / INFO_FILE)
+    return rows
+
+
+def _benchmark_info(params: dict, clips_info: dict[str, dict]) -> dict:
+    """The content of ``synthetic.json`` (:func:`generate_benchmark`)."""
+    return {
         "generator": "avarnet.data.synthetic",
-        "params": {
-            "clips_per_class": clips_per_class,
-            "seconds": seconds,
-            "seed": seed,
-            "fps": fps,
-            "size": list(size),
-            "audio_rate": audio_rate,
-            "audio_channels": audio_channels,
-            "degrade_fraction": degrade_fraction,
-            "no_audio_fraction": no_audio_fraction,
-        },
+        "params": {**params, "size": list(params["size"])},
         "classes": list(CLASSES),
         "signatures": {c: list(s) for c, s in SIGNATURES.items()},
         "visual_signatures": list(VISUAL_SIGNATURES),
         "audio_signatures": list(AUDIO_SIGNATURES),
         "clips": clips_info,
     }
-    _write_json_atomic(info, out / INFO_FILE)
-    return rows
+
+
+def _check_benchmark_params(params: dict) -> None:
+    if params["clips_per_class"] < 1 or not params["seconds"] > 0 or not params["fps"] > 0:
+        raise ValueError("clips_per_class must be >= 1, seconds and fps > 0")
+    for name in ("degrade_fraction", "no_audio_fraction"):
+        if not 0 <= params[name] <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {params[name]}")
+
+
+def _write_clips(
+    out: Path, params: dict, progress: Callable[[int, int], None] | None
+) -> tuple[list[dict], dict[str, dict]]:
+    """Render and write every clip below ``out``: ``(manifest rows without splits, the
+    ``clips`` of ``synthetic.json``)``, in class then clip order."""
+    out.mkdir(parents=True, exist_ok=True)
+    per_class, seed = params["clips_per_class"], params["seed"]
+    total = len(CLASSES) * per_class
+    degradations, has_audio = _plan(
+        total, seed, params["degrade_fraction"], params["no_audio_fraction"]
+    )
+    rows: list[dict] = []
+    clips_info: dict[str, dict] = {}
+    for ci, label in enumerate(CLASSES):
+        (out / label).mkdir(exist_ok=True)
+        for j in range(per_class):
+            k = ci * per_class + j
+            clip = render_clip(
+                label,
+                seed=seed,
+                index=j,
+                seconds=params["seconds"],
+                fps=params["fps"],
+                size=params["size"],
+                audio_rate=params["audio_rate"],
+                audio_channels=params["audio_channels"],
+                degradation=degradations[k],
+                with_audio=has_audio[k],
+            )
+            row, info = _write_clip(out, label, j, clip, params)
+            rows.append(row)
+            clips_info[row["video_id"]] = info
+            if progress is not None:
+                progress(k + 1, total)
+    return rows, clips_info
+
+
+def _write_clip(
+    out: Path, label: str, j: int, clip: SyntheticClip, params: dict
+) -> tuple[dict, dict]:
+    """Write clip ``j`` of ``label`` (atomically): ``(its manifest row, its info)``."""
+    video_id = f"{label}/{label}_{j:03d}"
+    path = out / f"{video_id}.mp4"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_av_clip(tmp, clip.video, params["fps"], clip.audio, params["audio_rate"])
+    os.replace(tmp, path)
+    event = list(clip.event_frames)
+    row = {
+        "video_id": video_id,
+        "path": str(path),
+        "label": label,
+        "labels": [label],
+        "split": None,
+        "gt_intervals": [] if label == NORMAL_CLASS else [event],
+        "gt_available": True,
+    }
+    info = {
+        "label": label,
+        "visual": SIGNATURES[label][0],
+        "audio": SIGNATURES[label][1],
+        "event_frames": event,
+        "event_seconds": [round(s, 6) for s in clip.event_seconds],
+        "n_frames": int(clip.video.shape[0]),
+        "degradation": clip.degradation,
+        "has_audio": clip.audio is not None,
+    }
+    return row, info
