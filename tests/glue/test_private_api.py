@@ -111,7 +111,7 @@ def test_no_private_ray_or_argparse_names_outside_private_api():
         r"|argparse\._[A-Za-z]|serve\._private"
     )
     found = []
-    for pkg in ("avarnet", "workflows", "tune", "serve", "benchmarks"):
+    for pkg in ("avarnet", "glue", "workflows", "tune", "serve", "benchmarks"):
         for path in (root / pkg).rglob("*.py"):
             if path.name == "private_api.py":
                 continue
