@@ -125,8 +125,12 @@ def find_events(
     if not min_gap_s >= 0.0:
         raise ValueError(f"min_gap_s must be >= 0, got {min_gap_s}")
     _check_order(segments)
+    runs = _merge_runs(segments, _over_runs(segments, threshold), min_gap_s)
+    return [_event(video_id, path, segments, idx) for idx in runs]
 
-    # Runs of over-threshold segments: lists of indices into segments.
+
+def _over_runs(segments: Sequence[dict[str, Any]], threshold: float) -> list[list[int]]:
+    """Runs of consecutive segments scoring ``>= threshold``: lists of indices."""
     runs: list[list[int]] = []
     previous_over = False
     for i, seg in enumerate(segments):
@@ -136,7 +140,13 @@ def find_events(
         elif over:
             runs.append([i])
         previous_over = over
+    return runs
 
+
+def _merge_runs(
+    segments: Sequence[dict[str, Any]], runs: list[list[int]], min_gap_s: float
+) -> list[list[int]]:
+    """``runs`` with each run joined to the one before when the gap is under ``min_gap_s``."""
     merged: list[list[int]] = []
     for run in runs:
         if merged:
@@ -145,24 +155,23 @@ def find_events(
                 merged[-1].extend(run)
                 continue
         merged.append(list(run))
+    return merged
 
-    events = []
-    for idx in merged:
-        scores = [float(segments[i]["anomaly_score"]) for i in idx]
-        peak = idx[int(np.argmax(scores))]  # the first maximum
-        events.append(
-            Event(
-                video_id=str(video_id),
-                path=str(path),
-                start_s=float(segments[idx[0]]["start_s"]),
-                end_s=float(segments[idx[-1]]["end_s"]),
-                peak_score=max(scores),
-                peak_s=float(segments[peak]["start_s"]),
-                top_class=str(segments[peak]["top_class"]),
-                n_segments=len(idx),
-            )
-        )
-    return events
+
+def _event(video_id: str, path: str, segments: Sequence[dict[str, Any]], idx: list[int]) -> Event:
+    """The event of the segments ``idx`` (one merged run)."""
+    scores = [float(segments[i]["anomaly_score"]) for i in idx]
+    peak = idx[int(np.argmax(scores))]  # the first maximum
+    return Event(
+        video_id=str(video_id),
+        path=str(path),
+        start_s=float(segments[idx[0]]["start_s"]),
+        end_s=float(segments[idx[-1]]["end_s"]),
+        peak_score=max(scores),
+        peak_s=float(segments[peak]["start_s"]),
+        top_class=str(segments[peak]["top_class"]),
+        n_segments=len(idx),
+    )
 
 
 def frame_scores(segments: Sequence[dict[str, Any]], n_frames: int, fps: float) -> np.ndarray:
