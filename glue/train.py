@@ -245,24 +245,32 @@ def train_loop_per_worker(config: dict) -> None:
             rng=rng,
             device=device,
         )
-        if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
+        _report_epoch(config, rank, epoch, metrics, model, optim, best)
+        if best.should_stop(epoch):  # early stopping: every rank sees the same metrics
+            break
+
+
+def _report_epoch(config: dict, rank: int, epoch: int, metrics, model, optim, best) -> None:
+    """Rank 0 logs the epoch to MLflow and writes its checkpoint (atomically, before the
+    report: see :func:`write_checkpoint`); every rank reports to Ray Train."""
+    import ray.train
+
+    checkpoint = None
+    if rank == 0:
+        if config.get("tracking_uri") and config.get("run_id"):
             from glue.tracking import log_epoch
 
             log_epoch(config["tracking_uri"], config["run_id"], metrics, step=epoch)
-        checkpoint = None
-        if rank == 0:
-            path = write_checkpoint(
-                config["checkpoint_root"],
-                epoch,
-                checkpoint_files(model, optim, best),
-                checkpoint_state(config, epoch, best),
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(str(path))
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if rank == 0:
-            prune_checkpoints(config["checkpoint_root"], keep=2)
-        if best.should_stop(epoch):  # early stopping: every rank sees the same metrics
-            break
+        path = write_checkpoint(
+            config["checkpoint_root"],
+            epoch,
+            checkpoint_files(model, optim, best),
+            checkpoint_state(config, epoch, best),
+        )
+        checkpoint = ray.train.Checkpoint.from_directory(str(path))
+    ray.train.report(metrics, checkpoint=checkpoint)
+    if rank == 0:
+        prune_checkpoints(config["checkpoint_root"], keep=2)
 
 
 def checkpoint_files(model, optim, best) -> dict[str, Any]:
@@ -376,6 +384,24 @@ def _unwrap(model):
 
 
 # ----------------------------------------------------------------------------- driver side
+def feature_datasets(features_dir: Path) -> dict[str, Any]:
+    """The feature table's train and val splits as materialised Ray Datasets.
+
+    Feature tables are small (T x D floats per clip): read them once into the object
+    store, so that epochs do not re-read Parquet. Split before materialising: the
+    per-epoch split execution then has no operator that needs a CPU of its own (which a
+    full cluster, e.g. a Tune trial's, may not have)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    files = [str(p) for p in ft.part_files(features_dir)]
+    columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
+    table = ray.data.read_parquet(files).select_columns(columns)
+    return {
+        split: table.filter(expr=col("split") == split).materialize() for split in ("train", "val")
+    }
+
+
 def build_trainer(
     cfg: Config,
     features_dir: str | os.PathLike,
@@ -393,9 +419,7 @@ def build_trainer(
     ``loop_overrides`` replaces entries of the loop config (Tune puts its sampled
     hyperparameters there). ``tracking_uri``/``run_id``: rank 0 logs per-epoch metrics there.
     """
-    import ray.data
     import ray.train
-    from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
     from avarnet.training import Recipe
@@ -415,17 +439,7 @@ def build_trainer(
     storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
     # Every epoch's checkpoint, written by rank 0 before it reports (see write_checkpoint).
     loop_config["checkpoint_root"] = str(storage / run_name / "epochs")
-    files = [str(p) for p in ft.part_files(features_dir)]
-    columns = ["label", "labels", "split", "audio", "visual", "has_audio"]
-    # Feature tables are small (T x D floats per clip): read them once into the object
-    # store, so that epochs do not re-read Parquet.
-    # Split before materialising: the per-epoch split execution then has no operator that
-    # needs a CPU of its own (which a full cluster, e.g. a Tune trial's, may not have).
-    table = ray.data.read_parquet(files).select_columns(columns)
-    datasets = {
-        "train": table.filter(expr=col("split") == "train").materialize(),
-        "val": table.filter(expr=col("split") == "val").materialize(),
-    }
+    datasets = feature_datasets(features_dir)
     workers = cfg.train.workers
     use_gpu = cfg.train.gpus_per_worker > 0
     resources = {"CPU": cfg.train.cpus_per_worker}
@@ -495,8 +509,6 @@ def run_training(
     """Check the data (unless ``facts`` from :func:`check_training_data` are given), fit
     with Ray Train, evaluate the best model on the test split, log everything to one MLflow
     run and register the model. Ray must be initialised."""
-    from avarnet.evaluation import evaluate
-    from avarnet.predictor import Predictor
     from glue import tracking
 
     features_dir = Path(features_dir).resolve()
@@ -534,36 +546,50 @@ def run_training(
         model_dir = out_root / "models" / run.run_id
         with result.checkpoint.as_directory() as d:
             artifact, state = artifact_from_checkpoint(d, facts.spec, cfg, model_dir)
-        predictor = Predictor.from_dir(artifact)
-        eval_split = "test" if facts.split_counts.get("test") else "val"
-        test = ft.read_features(features_dir, splits=[eval_split])
-        report = evaluate(predictor, test, out_dir=model_dir / "eval")
-        report["split"] = eval_split
-        test_metrics = {f"test_{k}": v for k, v in report.items() if isinstance(v, float)}
-        run.log_metrics(test_metrics)
+        report = evaluate_and_log(run, artifact, features_dir, facts, model_dir / "eval")
         run.log_metrics({"train_wall_seconds": time.perf_counter() - t0})
-        run.log_artifact(report["confusion_matrix_png"], "eval")
-        run.log_dict(report, "eval/report.json")
-        (model_dir / "eval" / "report.json").write_text(json.dumps(report, indent=2))
         model_uri = (
             tracking.register_model(run, artifact, cfg.tracking.registered_model)
             if register
             else str(artifact)
         )
-        return {
-            "accuracy": report["accuracy"],
-            "macro_f1": report["macro_f1"],
-            "run_id": run.run_id,
-            "model_uri": model_uri,
-            "artifact_dir": str(artifact),
-            "best_epoch": state["best"]["epoch"],
-            "best_val_macro_f1": state["best"]["val_macro_f1"],
-            "best_val_score": state["best"].get("score", state["best"]["val_macro_f1"]),
-            "epochs_run": state["epoch"] + 1,
-            "seed": cfg.train.seed,
-            "report": report,
-            "tracking_uri": tracking_uri,
-        }
+        return _training_result(cfg, run, model_uri, artifact, state, report, tracking_uri)
+
+
+def _training_result(cfg, run, model_uri, artifact, state, report, tracking_uri) -> dict:
+    """What :func:`run_training` returns."""
+    best = state["best"]
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "run_id": run.run_id,
+        "model_uri": model_uri,
+        "artifact_dir": str(artifact),
+        "best_epoch": best["epoch"],
+        "best_val_macro_f1": best["val_macro_f1"],
+        "best_val_score": best.get("score", best["val_macro_f1"]),
+        "epochs_run": state["epoch"] + 1,
+        "seed": cfg.train.seed,
+        "report": report,
+        "tracking_uri": tracking_uri,
+    }
+
+
+def evaluate_and_log(run, artifact: Path, features_dir: Path, facts: DataFacts, out: Path):
+    """Evaluate a model artifact on the test split (val without one), log the metrics,
+    the confusion matrix and the report to ``run``, and write the report to ``out``."""
+    from avarnet.evaluation import evaluate
+    from avarnet.predictor import Predictor
+
+    eval_split = "test" if facts.split_counts.get("test") else "val"
+    test = ft.read_features(features_dir, splits=[eval_split])
+    report = evaluate(Predictor.from_dir(artifact), test, out_dir=out)
+    report["split"] = eval_split
+    run.log_metrics({f"test_{k}": v for k, v in report.items() if isinstance(v, float)})
+    run.log_artifact(report["confusion_matrix_png"], "eval")
+    run.log_dict(report, "eval/report.json")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 # Metrics summarised over seeds (those a report has: the XD-Violence and segment APs only
@@ -591,6 +617,22 @@ def summarise_seeds(results: list[dict[str, Any]]) -> dict[str, dict[str, float]
         std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
         out[key] = {"mean": float(arr.mean()), "std": std, "values": [float(v) for v in arr]}
     return out
+
+
+def _log_seeds(parent, seeds: list[int], results: list[dict]):
+    """Log the per-seed table and every metric's mean and std to the parent run; returns
+    the seed best on validation (the first on a tie), the table and the summary."""
+    summary = summarise_seeds(results)
+    for key, stats in summary.items():
+        parent.log_metrics({f"{key}_mean": stats["mean"], f"{key}_std": stats["std"]})
+    chosen = max(results, key=lambda r: (r["best_val_score"], -seeds.index(r["seed"])))
+    parent.log_params({"seeds": seeds, "selected_seed": chosen["seed"], "selected_on": "val"})
+    per_seed = [
+        {k: r[k] for k in ("seed", "accuracy", "macro_f1", "best_val_macro_f1", "run_id")}
+        for r in results
+    ]
+    parent.log_dict({"per_seed": per_seed, "summary": summary}, "seeds.json")
+    return chosen, per_seed, summary
 
 
 def run_training_seeds(
@@ -646,17 +688,7 @@ def run_training_seeds(
                     progress=progress,
                 )
             )
-        summary = summarise_seeds(results)
-        for key, stats in summary.items():
-            parent.log_metrics({f"{key}_mean": stats["mean"], f"{key}_std": stats["std"]})
-        # The best on validation; the first seed on a tie.
-        chosen = max(results, key=lambda r: (r["best_val_score"], -seeds.index(r["seed"])))
-        parent.log_params({"seeds": seeds, "selected_seed": chosen["seed"], "selected_on": "val"})
-        per_seed = [
-            {k: r[k] for k in ("seed", "accuracy", "macro_f1", "best_val_macro_f1", "run_id")}
-            for r in results
-        ]
-        parent.log_dict({"per_seed": per_seed, "summary": summary}, "seeds.json")
+        chosen, per_seed, summary = _log_seeds(parent, seeds, results)
         model_uri = tracking.register_model(
             parent, chosen["artifact_dir"], cfg.tracking.registered_model
         )
