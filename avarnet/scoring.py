@@ -2,7 +2,8 @@
 
 A clip's scores come as the scoring service's ``segments`` (``ScoreResponse`` in
 ``serve/app.py``, and the batch job's per-clip outputs): dicts with ``start_s``, ``end_s``
-(exclusive), ``anomaly_score`` (``1 - p(normal)``, in [0, 1]) and ``top_class``, in time
+(exclusive), ``anomaly_score`` (``1 - p(normal)``; for a multi-label model the largest
+non-normal probability; in [0, 1]) and ``top_class``, in time
 order. From them:
 
 - :func:`find_events`: the stretches of a clip whose score stays at or over a threshold;

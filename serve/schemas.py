@@ -65,7 +65,14 @@ def error_response(status: int, message: str) -> JSONResponse:
 class Segment(BaseModel):
     start_s: float = Field(description="segment start, seconds from the clip's start")
     end_s: float = Field(description="segment end (exclusive), seconds")
-    anomaly_score: float = Field(description="1 - p(normal) for this segment", ge=0, le=1)
+    anomaly_score: float = Field(
+        description=(
+            "1 - p(normal) for this segment (a multi-label model: its largest non-normal "
+            "class probability)"
+        ),
+        ge=0,
+        le=1,
+    )
     top_class: str = Field(description="the most probable class of this segment")
 
 
