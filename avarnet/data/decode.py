@@ -642,66 +642,84 @@ def _pyav_frames(
     Raises:
         DecodeError: nothing decodes, or decoding stops more than 1 s before the last target.
     """
-    import av
-
     done = 0
     with _open_av(path) as container:
         vs = container.streams.video[0]
-        cc = vs.codec_context
-        cc.thread_count = threads
+        vs.codec_context.thread_count = threads
         if threads > 1:
-            cc.thread_type = "AUTO"
+            vs.codec_context.thread_type = "AUTO"
         if origin is None:
             origin = vs.start_time
         scaler = _Scaler(size, vs.time_base)
         held = held_rgb = None
         held_t = -math.inf
         step = 1 / float(vs.average_rate or vs.guessed_rate or 25)
-        bad_at: int | None = None
-        packets = container.demux(vs)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError:
-                break  # the container breaks off: the truncation check below decides
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                if bad_at is None and packet.pos is not None:
-                    bad_at = packet.pos
-                continue
-            for frame in frames:
-                tick = frame.pts if frame.pts is not None else frame.dts
-                if tick is None:
-                    t = held_t + step
-                else:
-                    if origin is None:
-                        origin = tick
-                    t = float(_seconds(np.array([tick]), origin, vs.time_base)[0])
-                while done < len(targets) and targets[done] < t:
-                    if held is None:
-                        break  # before the first frame: the first frame stands in
-                    if held_rgb is None:
-                        held_rgb = scaler(held)
-                    yield held_rgb
-                    done += 1
-                held, held_rgb, held_t = frame, None, t
-                if done == len(targets):
-                    return
-        if held is None:
-            where = f" (damaged data at byte {bad_at})" if bad_at is not None else ""
-            raise DecodeError(path, f"no frame of its {cc.name} video decodes{where}")
-        if done < len(targets) and targets[-1] > held_t + 1.0:
-            where = f" (damaged data at byte {bad_at})" if bad_at is not None else ""
-            raise DecodeError(
-                path,
-                f"the video stops decoding at {held_t:.2f}s of {targets[-1]:.2f}s{where}",
-            )
+        bad_at: list[int] = []
+        for frame in _decoded_frames(container.demux(vs), bad_at):
+            tick = frame.pts if frame.pts is not None else frame.dts
+            if tick is None:
+                t = held_t + step
+            else:
+                if origin is None:
+                    origin = tick
+                t = float(_seconds(np.array([tick]), origin, vs.time_base)[0])
+            while done < len(targets) and targets[done] < t:
+                if held is None:
+                    break  # before the first frame: the first frame stands in
+                if held_rgb is None:
+                    held_rgb = scaler(held)
+                yield held_rgb
+                done += 1
+            held, held_rgb, held_t = frame, None, t
+            if done == len(targets):
+                return
+        _check_decoded(path, vs.codec_context.name, held is not None, held_t, targets, done, bad_at)
         rgb = scaler(held) if held_rgb is None else held_rgb
         for _ in range(done, len(targets)):
             yield rgb
+
+
+def _decoded_frames(packets: Iterator, bad_at: list[int]) -> Iterator:
+    """The frames of ``packets`` in decode order. A packet that fails to decode is skipped
+    (the first such packet's byte offset is appended to ``bad_at``); a container that
+    breaks off ends the frames (:func:`_check_decoded` decides)."""
+    import av
+
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            break  # the container breaks off: the truncation check decides
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            if not bad_at and packet.pos is not None:
+                bad_at.append(packet.pos)
+            continue
+        yield from frames
+
+
+def _check_decoded(
+    path: str,
+    codec: str,
+    any_frame: bool,
+    last_t: float,
+    targets: np.ndarray,
+    done: int,
+    bad_at: list[int],
+) -> None:
+    """Raise DecodeError when nothing decoded, or decoding stopped (at ``last_t`` seconds)
+    more than 1 s before the last of the targets not yet served (``done`` served)."""
+    where = f" (damaged data at byte {bad_at[0]})" if bad_at else ""
+    if not any_frame:
+        raise DecodeError(path, f"no frame of its {codec} video decodes{where}")
+    if done < len(targets) and targets[-1] > last_t + 1.0:
+        raise DecodeError(
+            path,
+            f"the video stops decoding at {last_t:.2f}s of {targets[-1]:.2f}s{where}",
+        )
 
 
 # -- the segment grid -----------------------------------------------------------------------
