@@ -291,13 +291,6 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.root / "config.yaml")
         uri = tracking.resolve_tracking_uri(self.cfg.tracking, self.root)
-        runners: dict[str, Callable] = {
-            "data": self.stage_data,
-            "extract": self.stage_extract,
-            "train": self.stage_train,
-            "tune": self.stage_tune,
-            "serve": self.stage_serve,
-        }
         # Only the data stage runs without Ray: a re-run with nothing else to do starts
         # no Ray and no actors.
         pending = [s for s in wanted if self._done(s) is None]
@@ -314,46 +307,54 @@ class Pipeline:
             self.parent_run_id = parent.run_id
             self.tracking_uri = uri
             for stage in STAGES:
-                if stage not in wanted:
-                    continue
-                t0 = time.perf_counter()
-                done = self._done(stage)
-                if done is not None:
-                    self.results.append(
-                        StageResult(
-                            stage,
-                            "skipped",
-                            0.0,
-                            done.get("metric", ""),
-                            done.get("outputs", ""),
-                            done,
-                        )
-                    )
-                    self._say(f"[{stage}] up to date, skipped ({done.get('outputs', '')})")
-                    continue
-                self._say(f"[{stage}] running ...")
-                if stage in ("train", "tune"):  # these open their own (nested) runs
-                    data = runners[stage](parent.run_id, parent)
-                else:
-                    with tracking.start_run(
-                        uri,
-                        self.cfg.tracking.experiment,
-                        stage,
-                        parent_run_id=parent.run_id,
-                        tags={"avarnet.stage": stage},
-                    ) as child:
-                        data = runners[stage](parent.run_id, child)
-                seconds = time.perf_counter() - t0
-                self._mark(stage, data)
-                parent.log_metrics({f"{stage}_seconds": seconds})
-                self.results.append(
-                    StageResult(
-                        stage, "ran", seconds, data.get("metric", ""), data.get("outputs", ""), data
-                    )
-                )
+                if stage in wanted:
+                    self._run_stage(stage, uri, parent)
             if then is not None:
                 then()
         return self.results
+
+    def _run_stage(self, stage: str, uri: str, parent) -> None:
+        """Run one stage (or skip it when up to date) under the pipeline's MLflow run
+        ``parent``, appending its :class:`StageResult`."""
+        from glue import tracking
+
+        runners: dict[str, Callable] = {
+            "data": self.stage_data,
+            "extract": self.stage_extract,
+            "train": self.stage_train,
+            "tune": self.stage_tune,
+            "serve": self.stage_serve,
+        }
+        t0 = time.perf_counter()
+        done = self._done(stage)
+        if done is not None:
+            self.results.append(
+                StageResult(
+                    stage, "skipped", 0.0, done.get("metric", ""), done.get("outputs", ""), done
+                )
+            )
+            self._say(f"[{stage}] up to date, skipped ({done.get('outputs', '')})")
+            return
+        self._say(f"[{stage}] running ...")
+        if stage in ("train", "tune"):  # these open their own (nested) runs
+            data = runners[stage](parent.run_id, parent)
+        else:
+            with tracking.start_run(
+                uri,
+                self.cfg.tracking.experiment,
+                stage,
+                parent_run_id=parent.run_id,
+                tags={"avarnet.stage": stage},
+            ) as child:
+                data = runners[stage](parent.run_id, child)
+        seconds = time.perf_counter() - t0
+        self._mark(stage, data)
+        parent.log_metrics({f"{stage}_seconds": seconds})
+        self.results.append(
+            StageResult(
+                stage, "ran", seconds, data.get("metric", ""), data.get("outputs", ""), data
+            )
+        )
 
     def _say(self, msg: str) -> None:
         if self.progress:
