@@ -179,7 +179,7 @@ def _long_clip(tmp: Path, minutes: float, args) -> None:
     )
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -204,7 +204,11 @@ def main() -> None:
     )
     ap.add_argument("--long-minutes", type=float, default=10.0, help="0 skips the long clip")
     ap.add_argument("--_decode-peak", dest="decode_peak", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     if args.decode_peak:
         _decode_peak(args.decode_peak)
         return

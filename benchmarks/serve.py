@@ -71,7 +71,7 @@ class Bound:
         return 1e3 * (time.perf_counter() - t0)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="tiny", help="feature preset (tiny, full-random)")
     p.add_argument("--model", default="avarnet_base", help="model preset")
@@ -83,18 +83,20 @@ def main() -> None:
     p.add_argument("--max-replicas", type=int, default=2, help="Encoder autoscaling ceiling")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray")
     p.add_argument("--json", help="also write the results to this file")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _args()
 
     import ray
-    import requests
 
     from avarnet.data.manifest import read_manifest
     from avarnet.data.synthetic import generate_benchmark
     from avarnet.features.backbones import build_feature_spec
     from avarnet.predictor import seeded_artifact
     from glue.runtime import init_kwargs, quiet_driver
-    from serve.client import score_file
-    from serve.deploy import deploy, replica_counts, shutdown
+    from serve.deploy import deploy, shutdown
 
     tmp = Path(tempfile.mkdtemp(prefix="avarnet-bench-serve-"))
     generate_benchmark(tmp / "data", clips_per_class=1, seconds=args.seconds, seed=3)
@@ -126,64 +128,98 @@ def main() -> None:
             port=_free_port(),
         )
         startup = time.perf_counter() - t0
-        http = requests.Session()
-        for _ in range(2):  # warm-up, both paths
-            score_file(url, clip, session=http)
-            bound(clip)
-        # Interleaved, so that both see the same machine (Ray's idle processes included).
-        lat, lat_bound = [], []
-        wall = wall_bound = 0.0
-        for _ in range(args.requests):
-            lat_bound.append(bound(clip))
-            t0 = time.perf_counter()
-            score_file(url, clip, session=http)
-            lat.append(1e3 * (time.perf_counter() - t0))
-        wall, wall_bound = sum(lat) / 1e3, sum(lat_bound) / 1e3
-        c1, bound_stats = _stats(lat, wall), _stats(lat_bound, wall_bound)
-        print(f"bound (in-process): p50 {bound_stats['p50_ms']:.0f} ms")
-        print(f"HTTP c=1: p50 {c1['p50_ms']:.0f} ms, p95 {c1['p95_ms']:.0f} ms")
-
-        seen: dict[str, int] = {}
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                for dep, n in replica_counts().items():
-                    seen[dep] = max(seen.get(dep, 0), n)
-                stop.wait(0.5)
-
-        failures: list[str] = []
-        lat8: list[float] = []
-        deadline = time.perf_counter() + args.load_seconds
-
-        def client() -> None:
-            s = requests.Session()
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    score_file(url, clip, session=s)
-                    lat8.append(1e3 * (time.perf_counter() - t0))
-                except Exception as err:  # counted, reported
-                    failures.append(str(err))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        t_all = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            for f in [pool.submit(client) for _ in range(args.concurrency)]:
-                f.result()
-        c8 = _stats(lat8, time.perf_counter() - t_all)
-        stop.set()
-        sampler.join()
-        print(
-            f"HTTP c={args.concurrency}: p50 {c8['p50_ms']:.0f} ms, p95 {c8['p95_ms']:.0f} ms, "
-            f"{c8['clips_per_s']:.2f} clips/s, failures {len(failures)}"
-        )
+        c1, bound_stats = _sequential(url, clip, bound, args.requests)
+        c8, seen, failures = _under_load(url, clip, args.concurrency, args.load_seconds)
     finally:
         shutdown()
         ray.shutdown()
+    _report(args, threads, startup, bound_stats, c1, c8, seen, failures)
 
-    bound = bound_stats
+
+def _sequential(url: str, clip: Path, bound: Bound, requests_n: int) -> tuple[dict, dict]:
+    """``(HTTP c=1 stats, bound stats)`` of ``requests_n`` requests each, after a warm-up."""
+    import requests
+
+    from serve.client import score_file
+
+    http = requests.Session()
+    for _ in range(2):  # warm-up, both paths
+        score_file(url, clip, session=http)
+        bound(clip)
+    # Interleaved, so that both see the same machine (Ray's idle processes included).
+    lat, lat_bound = [], []
+    for _ in range(requests_n):
+        lat_bound.append(bound(clip))
+        t0 = time.perf_counter()
+        score_file(url, clip, session=http)
+        lat.append(1e3 * (time.perf_counter() - t0))
+    wall, wall_bound = sum(lat) / 1e3, sum(lat_bound) / 1e3
+    c1, bound_stats = _stats(lat, wall), _stats(lat_bound, wall_bound)
+    print(f"bound (in-process): p50 {bound_stats['p50_ms']:.0f} ms")
+    print(f"HTTP c=1: p50 {c1['p50_ms']:.0f} ms, p95 {c1['p95_ms']:.0f} ms")
+    return c1, bound_stats
+
+
+def _under_load(
+    url: str, clip: Path, concurrency: int, load_seconds: float
+) -> tuple[dict, dict[str, int], list[str]]:
+    """``(stats, most replicas seen per deployment, failures)`` of ``concurrency`` client
+    threads for ``load_seconds``, while Serve's replica counts are sampled."""
+    import requests
+
+    from serve.client import score_file
+    from serve.deploy import replica_counts
+
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for dep, n in replica_counts().items():
+                seen[dep] = max(seen.get(dep, 0), n)
+            stop.wait(0.5)
+
+    failures: list[str] = []
+    lat8: list[float] = []
+    deadline = time.perf_counter() + load_seconds
+
+    def client() -> None:
+        s = requests.Session()
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                score_file(url, clip, session=s)
+                lat8.append(1e3 * (time.perf_counter() - t0))
+            except Exception as err:  # counted, reported
+                failures.append(str(err))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t_all = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(client) for _ in range(concurrency)]:
+            f.result()
+    c8 = _stats(lat8, time.perf_counter() - t_all)
+    stop.set()
+    sampler.join()
+    print(
+        f"HTTP c={concurrency}: p50 {c8['p50_ms']:.0f} ms, p95 {c8['p95_ms']:.0f} ms, "
+        f"{c8['clips_per_s']:.2f} clips/s, failures {len(failures)}"
+    )
+    return c8, seen, failures
+
+
+def _report(
+    args: argparse.Namespace,
+    threads: int,
+    startup: float,
+    bound: dict,
+    c1: dict,
+    c8: dict,
+    seen: dict[str, int],
+    failures: list[str],
+) -> None:
+    """Print the table and the checks; write ``--json``."""
     ratio = c1["p50_ms"] / bound["p50_ms"]
     result = {
         "preset": args.preset,

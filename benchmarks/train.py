@@ -100,7 +100,7 @@ def _features(args, tmp: Path) -> Path:
     return tmp / "features"
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -109,7 +109,11 @@ def main() -> None:
     ap.add_argument("--models", default="avarnet_tiny,avarnet_base")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
 
     import ray
     import torch
