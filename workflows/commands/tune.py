@@ -71,6 +71,12 @@ def _run_tune(args: argparse.Namespace) -> int:
     except SearchInterrupted as err:
         say_error(str(err))
         return 130
+    emit(args, _result(res), lambda r: _human(r, res, uri))
+    return 0
+
+
+def _result(res: dict) -> dict:
+    """The command's result (``--json``) from :func:`tune.search.run_search`'s."""
     keys = ("best_config", "best_macro_f1", "model_uri", "trials_completed", "trials_stopped_early")
     result = {k: res[k] for k in keys}
     result.update(
@@ -86,34 +92,33 @@ def _run_tune(args: argparse.Namespace) -> int:
             "selected_on": res["selected_on"],
         }
     )
+    return result
 
-    def human(r: dict) -> str:
-        lines = [f"{'trial':<12}{'outcome':<15}{'epochs':>7}{'val F1':>8}  values"]
-        for t in res["trials"]:
-            vals = ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in t.items()
-                if "." in k
-            )
-            f1 = t["val_macro_f1"]
-            lines.append(
-                f"{t['trial_id']:<12}{t['outcome']:<15}{t['epochs']:>7}"
-                f"{'' if f1 is None else f'{f1:.3f}':>8}  {vals}"
-            )
-        split = res["eval_split"]
-        if r["default"]:
-            d = r["default"]
-            lines.append(
-                f"{'default':<12}{'baseline':<15}{'':>7}{d['val_macro_f1']:>8.3f}  "
-                f"(the configuration as given; {split} accuracy {d['accuracy']:.3f})"
-            )
-        who = "the default" if r["champion_is_default"] else "the best searched trial"
-        lines.append(
-            f"champion: {who}, selected on validation (val macro-F1 {r['best_macro_f1']:.3f}); "
-            f"{split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}; {r['model_uri']}"
+
+def _human(r: dict, res: dict, uri: str) -> str:
+    """The result ``r`` for a person: a line per trial of ``res`` (and the default
+    baseline), the champion, the MLflow run."""
+    lines = [f"{'trial':<12}{'outcome':<15}{'epochs':>7}{'val F1':>8}  values"]
+    for t in res["trials"]:
+        vals = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items() if "." in k
         )
-        lines.append(f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {uri}")
-        return "\n".join(lines)
-
-    emit(args, result, human)
-    return 0
+        f1 = t["val_macro_f1"]
+        lines.append(
+            f"{t['trial_id']:<12}{t['outcome']:<15}{t['epochs']:>7}"
+            f"{'' if f1 is None else f'{f1:.3f}':>8}  {vals}"
+        )
+    split = res["eval_split"]
+    if r["default"]:
+        d = r["default"]
+        lines.append(
+            f"{'default':<12}{'baseline':<15}{'':>7}{d['val_macro_f1']:>8.3f}  "
+            f"(the configuration as given; {split} accuracy {d['accuracy']:.3f})"
+        )
+    who = "the default" if r["champion_is_default"] else "the best searched trial"
+    lines.append(
+        f"champion: {who}, selected on validation (val macro-F1 {r['best_macro_f1']:.3f}); "
+        f"{split} accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}; {r['model_uri']}"
+    )
+    lines.append(f"MLflow run {r['run_id']}: mlflow ui --backend-store-uri {uri}")
+    return "\n".join(lines)
