@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -454,7 +454,6 @@ def run_extract(
     Ray must be initialised by the caller (``ray.init`` or a job's cluster). ``logger`` is an
     optional :class:`glue.tracking.RunLogger` that receives params, metrics, artifacts.
     """
-
     from glue import console
 
     t0 = time.perf_counter()
@@ -462,16 +461,14 @@ def run_extract(
     plan = plan_extract(rows, out, spec, retry_failed=retry_failed)
     out.mkdir(parents=True, exist_ok=True)
     ft.save_spec(spec, out)
-    todo = plan.todo
-    rows_by_id = {r["video_id"]: r for r in todo}
     if logger is not None:
         logger.log_params({"feature_spec": spec.to_dict(), "workers": workers, "clips": len(rows)})
     writer = _PartWriter(out, spec, flush_clips)
-    asm = Assembler(rows_by_id, spec, writer.add)
+    asm = Assembler({r["video_id"]: r for r in plan.todo}, spec, writer.add)
     startup_s = 0.0
-    if todo:
+    if plan.todo:
         ds = encoded_chunks(
-            todo,
+            plan.todo,
             spec,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
@@ -482,15 +479,46 @@ def run_extract(
             batch_size=batch_size,
             threads_per_worker=threads_per_worker,
         )
-        bar = console.progress_bar(len(todo), "extract", "clip", disable=not progress)
+        bar = console.progress_bar(len(plan.todo), "extract", "clip", disable=not progress)
         try:
-            for item in ds.iter_rows():
-                if asm.add(item):
-                    bar.update(1)
-                    startup_s = startup_s or time.perf_counter() - t0
+            startup_s = drain(ds, asm, bar, t0)
         finally:
             writer.flush()  # keep what finished, even when interrupted
             bar.close()
+    return _extract_summary(rows, out, plan, asm, t0, startup_s, logger)
+
+
+def drain(
+    ds, asm: Assembler, bar, t0: float, postfix: Callable[[float], str] | None = None
+) -> float:
+    """Feed the chunk rows of ``ds`` to ``asm``, a step of ``bar`` per finished clip (and
+    ``postfix(seconds since t0)`` beside it). Returns the seconds from ``t0`` to the first
+    finished clip (0 when none finished)."""
+    startup_s = 0.0
+    for item in ds.iter_rows():
+        if asm.add(item):
+            bar.update(1)
+            startup_s = startup_s or time.perf_counter() - t0
+            if postfix is not None:
+                bar.set_postfix_str(postfix(time.perf_counter() - t0))
+    return startup_s
+
+
+def log_summary(logger: Any, summary: ExtractSummary) -> None:
+    """Log the summary's numbers to ``logger`` (a :class:`glue.tracking.RunLogger`) as metrics."""
+    logger.log_metrics({k: v for k, v in summary.to_dict().items() if isinstance(v, (int, float))})
+
+
+def _extract_summary(
+    rows: list[dict],
+    out: Path,
+    plan: ExtractPlan,
+    asm: Assembler,
+    t0: float,
+    startup_s: float,
+    logger: Any,
+) -> ExtractSummary:
+    """Write the error table and return (and log) the summary of the run."""
     errors = plan.failed_before + asm.errors
     ft.write_errors(errors, out)
     summary = ExtractSummary(
@@ -506,9 +534,7 @@ def run_extract(
         clips_failed_before=len(plan.failed_before),
     )
     if logger is not None:
-        logger.log_metrics(
-            {k: v for k, v in summary.to_dict().items() if isinstance(v, (int, float))}
-        )
+        log_summary(logger, summary)
         logger.log_artifact(out / ft.SPEC_FILE)
         logger.log_artifact(out / ft.ERRORS_FILE)
     return summary

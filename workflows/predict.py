@@ -367,59 +367,24 @@ def run_predict(
 ) -> PredictSummary:
     """Score ``rows`` with ``predictor`` into ``out_dir`` (Ray must be initialised when
     there is something to do)."""
-    from glue import console
-    from workflows.extract import Assembler, encoded_chunks
+    from workflows.extract import Assembler
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_predict(rows, out, model, retry_failed=retry_failed)
-    spec, labels = predictor.spec, predictor.labels
-    outputs = _Outputs(out, model, frame_scores)
-    pending: list[dict] = []
-    clip_seconds = 0.0
-
-    def classify() -> None:
-        preds = predictor.predict(
-            [r["audio"] for r in pending],
-            [r["visual"] for r in pending],
-            [r["has_audio"] for r in pending],
-        )
-        for row, pred in zip(pending, preds):
-            outputs.add(clip_answer(row, pred, labels, model), float(row.get("fps") or 25.0))
-        pending.clear()
-
-    def on_clip(row: dict) -> None:
-        nonlocal clip_seconds
-        clip_seconds += row["duration_s"]
-        pending.append(row)
-        if len(pending) >= batch_clips:
-            classify()
-
-    asm = Assembler({r["video_id"]: {**r, "gt_intervals": []} for r in plan.todo}, spec, on_clip)
+    scorer = _Scorer(predictor, model, _Outputs(out, model, frame_scores), batch_clips)
+    todo = {r["video_id"]: {**r, "gt_intervals": []} for r in plan.todo}
+    asm = Assembler(todo, predictor.spec, scorer.add)
     startup_s = 0.0
     if plan.todo:
-        ds = encoded_chunks(
-            plan.todo,
-            spec,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            encoder_cpus=encoder_cpus,
-            decode_cpus=decode_cpus,
-        )
-        bar = console.progress_bar(len(plan.todo), "predict", "clip", disable=not progress)
-        try:
-            for item in ds.iter_rows():
-                if asm.add(item):
-                    bar.update(1)
-                    startup_s = startup_s or time.perf_counter() - t0
-                    elapsed = time.perf_counter() - t0
-                    bar.set_postfix_str(f"{clip_seconds / max(elapsed, 1e-9):.1f} clip-s/s")
-            if pending:
-                classify()
-        finally:
-            outputs.flush()  # keep what finished, even when interrupted
-            bar.close()
+        pipeline = {
+            "workers": workers,
+            "gpus_per_worker": gpus_per_worker,
+            "encoder_cpus": encoder_cpus,
+            "decode_cpus": decode_cpus,
+        }
+        startup_s = _score(plan.todo, predictor.spec, asm, scorer, t0, progress, pipeline)
     errors = plan.failed_before + asm.errors
     ft.write_errors(errors, out)
     n_events = write_summaries(out, model, threshold=threshold, min_gap_s=min_gap_s)
@@ -427,24 +392,81 @@ def run_predict(
         out_dir=str(out),
         model=model.answer(),
         clips_total=len(rows),
-        clips_ok=outputs.n,
+        clips_ok=scorer.outputs.n,
         clips_skipped=plan.done,
         clips_failed=len(errors),
         clips_failed_before=len(plan.failed_before),
-        clip_seconds=clip_seconds,
+        clip_seconds=scorer.clip_seconds,
         wall_seconds=time.perf_counter() - t0,
         startup_seconds=startup_s,
         events=n_events,
         errors=errors,
     )
     if logger is not None:
-        logger.log_params({"model_uri": model.uri, "model_version": model.version})
-        logger.log_metrics(
-            {k: v for k, v in summary.to_dict().items() if isinstance(v, (int, float))}
-        )
-        for name in (EVENTS_FILE, REPORT_FILE, ft.ERRORS_FILE):
-            logger.log_artifact(out / name)
+        _log_predict(logger, model, summary, out)
     return summary
+
+
+class _Scorer:
+    """Classifies assembled clips in batches of ``batch_clips`` and hands each answer to
+    ``outputs``; counts the clip-seconds seen."""
+
+    def __init__(self, predictor, model: ModelId, outputs: _Outputs, batch_clips: int):
+        self.predictor, self.model, self.outputs = predictor, model, outputs
+        self.labels, self.batch_clips = predictor.labels, batch_clips
+        self.pending: list[dict] = []
+        self.clip_seconds = 0.0
+
+    def add(self, row: dict) -> None:
+        self.clip_seconds += row["duration_s"]
+        self.pending.append(row)
+        if len(self.pending) >= self.batch_clips:
+            self.classify()
+
+    def classify(self) -> None:
+        pending = self.pending
+        preds = self.predictor.predict(
+            [r["audio"] for r in pending],
+            [r["visual"] for r in pending],
+            [r["has_audio"] for r in pending],
+        )
+        for row, pred in zip(pending, preds):
+            answer = clip_answer(row, pred, self.labels, self.model)
+            self.outputs.add(answer, float(row.get("fps") or 25.0))
+        pending.clear()
+
+
+def _score(
+    todo: list[dict], spec, asm, scorer: _Scorer, t0: float, progress: bool, pipeline: dict
+) -> float:
+    """Run the Ray Data pipeline (``pipeline``: its workers and resources) over ``todo``
+    into ``asm`` and ``scorer``; returns the seconds to the first finished clip."""
+    from glue import console
+    from workflows.extract import drain, encoded_chunks
+
+    ds = encoded_chunks(todo, spec, **pipeline)
+    bar = console.progress_bar(len(todo), "predict", "clip", disable=not progress)
+    try:
+        startup_s = drain(
+            ds, asm, bar, t0, lambda s: f"{scorer.clip_seconds / max(s, 1e-9):.1f} clip-s/s"
+        )
+        if scorer.pending:
+            scorer.classify()
+    finally:
+        scorer.outputs.flush()  # keep what finished, even when interrupted
+        bar.close()
+    return startup_s
+
+
+def _log_predict(logger: Any, model: ModelId, summary: PredictSummary, out: Path) -> None:
+    """Log the run to ``logger`` (a :class:`glue.tracking.RunLogger`): the model, the
+    summary's numbers, the events, report and error files."""
+    from workflows.extract import log_summary
+
+    logger.log_params({"model_uri": model.uri, "model_version": model.version})
+    log_summary(logger, summary)
+    for name in (EVENTS_FILE, REPORT_FILE, ft.ERRORS_FILE):
+        logger.log_artifact(out / name)
 
 
 def write_summaries(out: Path, model: ModelId, *, threshold: float, min_gap_s: float) -> int:
