@@ -75,15 +75,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     spec = spec_from_config(cfg)  # a bad preset or backbone fails here, before Ray starts
     plan = plan_extract(manifest.rows, out, spec, retry_failed=args.retry_failed)
     if not plan.todo:  # nothing to do: no Ray, no actors
-        console.say(
-            f"avarnet: nothing to extract: {plan.done} clips already in {out}"
-            + (
-                f", {len(plan.failed_before)} failed before and unchanged (--retry-failed "
-                "retries them)"
-                if plan.failed_before
-                else ""
-            )
-        )
+        _say_nothing_to_do(plan, out)
     uri = tracking_uri_for(cfg, out.parent)
     session = ray_session() if plan.todo else contextlib.nullcontext()
     with session, tracking.start_run(uri, cfg.tracking.experiment, "extract") as run:
@@ -100,15 +92,30 @@ def _run_extract(args: argparse.Namespace) -> int:
         result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": uri}
     for e in summary.errors[summary.clips_failed_before :]:
         console.say(f"avarnet: failed: {e['message']}")
-    emit(
-        args,
-        result,
-        lambda r: (
-            f"extracted {r['clips_ok']} clips ({r['clips_skipped']} already done, "
-            f"{r['clips_failed']} failed) in {r['wall_seconds']} s "
-            f"= {r['clip_seconds_per_s']} clip-seconds/s\n  features: {r['out_dir']}\n"
-            f"  errors:   {Path(r['out_dir']) / 'errors.parquet'}\n"
-            f"  MLflow run {r['run_id']} in {r['tracking_uri']}"
-        ),
-    )
+    emit(args, result, _human)
     return 0
+
+
+def _say_nothing_to_do(plan, out) -> None:
+    """Say that every clip is already in the table at ``out`` (or failed before)."""
+    console.say(
+        f"avarnet: nothing to extract: {plan.done} clips already in {out}"
+        + (
+            f", {len(plan.failed_before)} failed before and unchanged (--retry-failed retries them)"
+            if plan.failed_before
+            else ""
+        )
+    )
+
+
+def _human(r: dict) -> str:
+    """The result ``r`` for a person: counts, speed, where the features and errors are."""
+    from pathlib import Path
+
+    return (
+        f"extracted {r['clips_ok']} clips ({r['clips_skipped']} already done, "
+        f"{r['clips_failed']} failed) in {r['wall_seconds']} s "
+        f"= {r['clip_seconds_per_s']} clip-seconds/s\n  features: {r['out_dir']}\n"
+        f"  errors:   {Path(r['out_dir']) / 'errors.parquet'}\n"
+        f"  MLflow run {r['run_id']} in {r['tracking_uri']}"
+    )

@@ -72,16 +72,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     import contextlib
 
     from glue import tracking
-    from glue.runtime import check_durable_path, ray_session
+    from glue.runtime import ray_session
     from workflows import predict
 
     cfg = load_cfg(argparse.Namespace(config=args.config, overrides=[]), [])
-    if not 0.0 <= args.threshold <= 1.0:
-        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.min_gap_s < 0:
-        raise CliError(f"--min-gap-s must be >= 0, got {args.min_gap_s}")
-    if args.out:
-        check_durable_path(args.out, "--out")
+    _check_args(args)
     out = _predict_out(args)
     rows = predict.gather_inputs(args.inputs)
     uri = args.model or cfg.serve.model_uri
@@ -121,15 +116,28 @@ def _run_predict(args: argparse.Namespace) -> int:
         result = {**summary.to_dict(), "run_id": run.run_id, "tracking_uri": tracking_uri}
     for e in summary.errors[summary.clips_failed_before :]:
         console.say(f"avarnet: failed: {e['message']}")
-    emit(
-        args,
-        result,
-        lambda r: (
-            f"scored {r['clips_ok']} clips ({r['clips_skipped']} already scored, "
-            f"{r['clips_failed']} failed) with {model.name} {model.version} in "
-            f"{r['wall_seconds']} s = {r['clip_seconds_per_s']} clip-seconds/s; "
-            f"{r['events']} events\n  scores:  {r['scores']}\n  events:  {r['events_csv']}\n"
-            f"  report:  {r['report']}\n  MLflow run {r['run_id']} in {r['tracking_uri']}"
-        ),
-    )
+    emit(args, result, lambda r: _human(r, model))
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Fail (CliError) on a threshold, gap or output folder that cannot work."""
+    from glue.runtime import check_durable_path
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.min_gap_s < 0:
+        raise CliError(f"--min-gap-s must be >= 0, got {args.min_gap_s}")
+    if args.out:
+        check_durable_path(args.out, "--out")
+
+
+def _human(r: dict, model) -> str:
+    """The batch result ``r`` for a person: counts, speed, where the outputs are."""
+    return (
+        f"scored {r['clips_ok']} clips ({r['clips_skipped']} already scored, "
+        f"{r['clips_failed']} failed) with {model.name} {model.version} in "
+        f"{r['wall_seconds']} s = {r['clip_seconds_per_s']} clip-seconds/s; "
+        f"{r['events']} events\n  scores:  {r['scores']}\n  events:  {r['events_csv']}\n"
+        f"  report:  {r['report']}\n  MLflow run {r['run_id']} in {r['tracking_uri']}"
+    )
