@@ -153,6 +153,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # where the cosine schedule ends, as a fraction of lr
     grad_clip: float | None = None
     patience: int | None = None  # stop after this many epochs without a better val score
+    ema_decay: float | None = 0.99  # val/keep a moving average of weights; see README
+    mixup: float = 0.0  # Beta(a, a) mixup of clips within a batch; 0 = off
+    feature_noise: float = 0.0  # Gaussian feature noise, x each feature's batch std; 0 = off
     # Several seeds: one model each, metrics as mean and std, the best on validation
     # registered (None: just ``seed``).
     seeds: tuple[int, ...] | None = None
@@ -167,6 +170,10 @@ class TrainConfig:
             raise ConfigError(f"train.patience: expected >= 1 or null, got {self.patience}")
         if self.seeds is not None and not self.seeds:
             raise ConfigError("train.seeds: give at least one seed, or null")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: expected 0 < d < 1 or null, got {self.ema_decay}")
+        if self.mixup < 0 or self.feature_noise < 0:
+            raise ConfigError("train.mixup and train.feature_noise: expected >= 0")
 
 
 @dataclass(frozen=True)

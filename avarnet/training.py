@@ -4,14 +4,17 @@ plain in-process loop (:func:`fit`).
 
 Everything here works on pyarrow tables of feature rows (the feature table's columns
 ``label``, ``labels``, ``audio``, ``visual``, ``has_audio``), so the same code serves
-the Ray Train loop (whose shards yield pyarrow batches; :mod:`workflows.train` keeps only
+the Ray Train loop (whose shards yield pyarrow batches; :mod:`glue.train` keeps only
 what is Ray's: shards, reports, checkpoints), the Tune trials and the benchmarks.
 
 The recipe (see :class:`Recipe`, read from ``TrainConfig``): AdamW, a linear warm-up then
 a cosine decay of the learning rate (set per epoch from the epoch number alone, so a
 resumed run needs no scheduler state), label smoothing on the classification term,
-gradient clipping, and the model of the epoch with the best validation score, training
-stopping once ``patience`` epochs have passed without a better one.
+gradient clipping, optional feature noise and mixup (:func:`augment`), a moving average
+of the weights (``ema_decay``: :func:`update_ema`, kept in the optimiser's state so that
+checkpoints carry it) which is what is validated and kept, and the model of the epoch with
+the best validation score, training stopping once ``patience`` epochs have passed without
+a better one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +40,15 @@ __all__ = [
     "FitResult",
     "Recipe",
     "collate",
+    "augment",
+    "ema_weights",
     "evaluate_batches",
     "fit",
     "lr_at",
     "run_epoch",
     "table_batches",
     "train_epoch",
+    "update_ema",
     "val_score",
 ]
 
@@ -66,6 +73,9 @@ class Recipe:
     patience: int | None = None  # epochs without a better validation score before stopping
     max_segments: int | None = 512
     seed: int = 0
+    ema_decay: float | None = None  # validate and keep a Polyak average of the weights
+    mixup: float = 0.0  # Beta(a, a) mixup of clips within a batch (0: off)
+    feature_noise: float = 0.0  # Gaussian noise on the features, x their batch std (0: off)
 
     @classmethod
     def from_config(cls, train_cfg: Any) -> Recipe:
@@ -133,17 +143,97 @@ def table_batches(
         yield table.take(order[i : i + batch_size])
 
 
-def _loss(model, batch: Batch, targets, recipe: Recipe, multilabel: bool):
+def _loss(model, batch: Batch, targets, recipe: Recipe, multilabel: bool, mix=None):
+    """The model's outputs and loss; ``mix = (lam, perm)``: the batch was mixed with its
+    permutation ``perm`` and the loss is ``lam * L(targets) + (1 - lam) * L(targets[perm])``."""
     out = model(batch.audio, batch.visual, batch.mask, batch.has_audio)
-    loss, _ = avarnet_loss(
-        out,
-        targets,
-        batch.mask,
-        multilabel=multilabel,
-        smoothing_weight=recipe.smoothing_weight,
-        label_smoothing=recipe.label_smoothing,
-    )
-    return out, loss
+
+    def loss_of(t):
+        return avarnet_loss(
+            out,
+            t,
+            batch.mask,
+            multilabel=multilabel,
+            smoothing_weight=recipe.smoothing_weight,
+            label_smoothing=recipe.label_smoothing,
+        )[0]
+
+    if mix is None:
+        return out, loss_of(targets)
+    lam, perm = mix
+    return out, lam * loss_of(targets) + (1.0 - lam) * loss_of(targets[perm])
+
+
+def augment(
+    batch: Batch, recipe: Recipe, rng: np.random.Generator
+) -> tuple[Batch, tuple[float, torch.Tensor] | None]:
+    """The training batch's augmentation: Gaussian feature noise (``feature_noise`` x each
+    feature's std over the batch's valid steps) and mixup of clips (``mixup``: Beta(a, a)
+    weights, the union of the two clips' masks). Returns the batch and the mix (or None)."""
+    audio, visual, mask, has_audio = batch.audio, batch.visual, batch.mask, batch.has_audio
+    if recipe.feature_noise > 0:
+        valid = mask.unsqueeze(-1).to(audio.dtype)
+
+        def noisy(x):
+            std = x[mask].std(0) if bool(mask.any()) else x.new_zeros(x.shape[-1])
+            gen = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
+            return x + recipe.feature_noise * std * gen.to(x.device) * valid
+
+        audio, visual = noisy(audio), noisy(visual)
+    mix = None
+    if recipe.mixup > 0 and len(mask) > 1:
+        lam = float(rng.beta(recipe.mixup, recipe.mixup))
+        perm = torch.from_numpy(rng.permutation(len(mask))).to(mask.device)
+        audio = lam * audio + (1.0 - lam) * audio[perm]
+        visual = lam * visual + (1.0 - lam) * visual[perm]
+        mask, has_audio = mask | mask[perm], has_audio | has_audio[perm]
+        mix = (lam, perm)
+    return Batch(audio, visual, mask, has_audio, mask.sum(1)), mix
+
+
+def _params(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    for group in optimizer.param_groups:
+        yield from group["params"]
+
+
+def update_ema(optimizer: torch.optim.Optimizer, decay: float) -> None:
+    """One step of the moving average of the weights, kept in the optimiser's state (``ema``
+    beside each parameter's moments: saved and restored with it, so a resumed run keeps
+    it). The decay warms up as timm's ``ModelEma``: ``min(decay, (1 + n) / (10 + n))`` at
+    update n, so over a short run (300 steps: at most 0.97) it averages the last ~n/9
+    steps, a window growing with training, rather than a fixed horizon."""
+    with torch.no_grad():
+        for p in _params(optimizer):
+            state = optimizer.state[p]
+            if "ema" not in state:
+                state["ema"] = p.detach().clone()
+                state["ema_updates"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                continue
+            n = float(state["ema_updates"]) + 1.0
+            d = min(decay, (1.0 + n) / (10.0 + n))
+            state["ema"].mul_(d).add_(p.detach(), alpha=1.0 - d)
+            state["ema_updates"].fill_(n)
+
+
+@contextmanager
+def ema_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The optimiser's parameters hold their :func:`update_ema` average inside (nothing
+    changes without one); the training weights come back on exit."""
+    pairs = [
+        (p, optimizer.state[p]["ema"])
+        for p in _params(optimizer)
+        if "ema" in optimizer.state.get(p, {})
+    ]
+    saved = [p.detach().clone() for p, _ in pairs]
+    with torch.no_grad():
+        for p, ema in pairs:
+            p.copy_(ema)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for (p, _), keep in zip(pairs, saved):
+                p.copy_(keep)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -173,12 +263,15 @@ def train_epoch(
     for table in batches:
         batch, targets = collate(table, labels, multilabel, recipe.max_segments, rng)
         batch, targets = batch.to(device), targets.to(device)
-        _, loss = _loss(model, batch, targets, recipe, multilabel)
+        batch, mix = augment(batch, recipe, rng)
+        _, loss = _loss(model, batch, targets, recipe, multilabel, mix)
         optimizer.zero_grad()
         loss.backward()
         if recipe.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
+        if recipe.ema_decay:
+            update_ema(optimizer, recipe.ema_decay)
         total += loss.item() * len(targets)
         count += len(targets)
     return {
@@ -308,12 +401,19 @@ def run_epoch(
             device=device,
         )
     )
-    metrics.update(
-        evaluate_batches(
-            model, val_batches, labels=labels, multilabel=multilabel, recipe=recipe, device=device
+    # With ``ema_decay``, the average is what is validated and kept as the best model.
+    with ema_weights(optimizer):
+        metrics.update(
+            evaluate_batches(
+                model,
+                val_batches,
+                labels=labels,
+                multilabel=multilabel,
+                recipe=recipe,
+                device=device,
+            )
         )
-    )
-    best.update(epoch, metrics, model)
+        best.update(epoch, metrics, model)
     metrics["best_val_macro_f1"] = best.val_macro_f1
     metrics["best_val_score"] = best.score
     metrics["best_epoch"] = best.epoch

@@ -124,3 +124,84 @@ def test_fit_stops_early_once_validation_stops_improving():
     result = T.fit(model, train, val, recipe, labels=LABELS)
     last = result.history[-1]["epoch"]
     assert last < 199 and last - result.best.epoch == 3
+
+
+def test_ema_is_validated_kept_as_the_best_and_saved_with_the_optimiser():
+    train, spec = _table(4, 0)
+    val, _ = _table(2, 1, split="val")
+    torch.manual_seed(0)
+    model = create_model(
+        "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
+    )
+    recipe = T.Recipe(epochs=3, batch_size=4, lr=3e-3, ema_decay=0.9)
+    optim = T.make_optimizer(model, recipe)
+    best = T.BestTracker()
+    T.run_epoch(
+        model,
+        T.table_batches(train, 4, seed=0),
+        T.table_batches(val, 4),
+        optim,
+        recipe,
+        best,
+        epoch=0,
+        labels=LABELS,
+        multilabel=False,
+        rng=np.random.default_rng(0),
+    )
+    params = dict(model.named_parameters())
+    with T.ema_weights(optim):
+        ema = {n: p.detach().clone() for n, p in params.items()}
+    # 12 clips in batches of 4: three steps, the first copies the weights.
+    first = next(iter(params))
+    raw = optim.state[params[first]]
+    assert float(raw["ema_updates"]) == 2.0 and torch.equal(ema[first], raw["ema"])
+    # The best model is the average; the model itself keeps its training weights.
+    assert all(torch.equal(best.state[n], ema[n]) for n in params)
+    assert any(not torch.equal(params[n].detach(), ema[n]) for n in params)
+    # The average travels with the optimiser's state (a checkpoint's optim.pt).
+    again = T.make_optimizer(model, recipe)
+    again.load_state_dict(optim.state_dict())
+    with T.ema_weights(again):
+        assert all(torch.equal(p.detach(), ema[n]) for n, p in model.named_parameters())
+    assert any(not torch.equal(params[n].detach(), ema[n]) for n in params)
+    # Without ema_decay nothing is averaged and validation sees the training weights.
+    plain = T.make_optimizer(model, T.Recipe())
+    with T.ema_weights(plain):
+        pass
+    assert not any("ema" in s for s in plain.state.values())
+
+
+def test_augment_adds_noise_on_valid_steps_and_mixes_clips_and_their_losses():
+    table, spec = _table(2, 0)
+    batch, targets = T.collate(table, LABELS, multilabel=False)
+    batch.mask[0, -2:] = False
+    rng = np.random.default_rng(0)
+    same, mix = T.augment(batch, T.Recipe(), rng)
+    assert mix is None and torch.equal(same.audio, batch.audio)
+    noisy, mix = T.augment(batch, T.Recipe(feature_noise=0.5), rng)
+    assert mix is None and not torch.equal(noisy.visual, batch.visual)
+    assert torch.equal(noisy.audio[0, -2:], batch.audio[0, -2:])  # padding stays as it was
+    mixed, (lam, perm) = T.augment(batch, T.Recipe(mixup=0.4), rng)
+    want = lam * batch.audio + (1 - lam) * batch.audio[perm]
+    assert torch.allclose(mixed.audio, want)
+    assert torch.equal(mixed.mask, batch.mask | batch.mask[perm])
+    model = create_model(
+        "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
+    ).eval()
+    recipe = T.Recipe()
+    _, loss = T._loss(model, mixed, targets, recipe, False, (lam, perm))
+    _, a = T._loss(model, mixed, targets, recipe, False)
+    _, b = T._loss(model, mixed, targets[perm], recipe, False)
+    assert float(loss) == pytest.approx(lam * float(a) + (1 - lam) * float(b), rel=1e-5)
+
+
+def test_train_config_carries_the_ema_and_augmentation_keys_into_the_recipe():
+    from avarnet.config import ConfigError, load_config
+
+    recipe = T.Recipe.from_config(load_config(None, []).train)
+    assert recipe.ema_decay == 0.99 and recipe.mixup == 0.0 and recipe.feature_noise == 0.0
+    off = T.Recipe.from_config(load_config(None, ["train.ema_decay=null"]).train)
+    assert off.ema_decay is None
+    for bad in ("train.ema_decay=1.0", "train.mixup=-1"):
+        with pytest.raises(ConfigError):
+            load_config(None, [bad])
