@@ -201,6 +201,83 @@ def xd_split_counts(rows: list[dict]) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def _plan_splits(clips_per_class: int) -> dict[str, list]:
+    """Per split, the violent code of each video (None: a normal video): as many normal
+    as violent training videos, half as many test videos with 60 % normal ones."""
+    n_test = math.ceil(clips_per_class / 2)
+    return {
+        "train": [c for c in VIOLENT_CODES for _ in range(clips_per_class)]
+        + [None] * (len(VIOLENT_CODES) * clips_per_class),
+        "test": [c for c in VIOLENT_CODES for _ in range(n_test)]
+        + [None] * round(0.6 * len(VIOLENT_CODES) * n_test),
+    }
+
+
+def _write_info(out: Path, params: dict, info: dict) -> None:
+    meta = {
+        "generator": "avarnet.data.synthetic_xd",
+        "params": params,
+        "signatures": dict(XD_SIGNATURES),
+        "normal_activities": [list(a) for a in NORMAL_ACTIVITIES],
+        "videos": info,
+    }
+    _write_atomic(out / INFO_FILE, json.dumps(meta, indent=1) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_video(
+    rng,
+    out: Path,
+    split: str,
+    code,
+    names: set,
+    annotations: list,
+    *,
+    seconds,
+    fps,
+    size,
+    audio_rate,
+    multi_label_fraction,
+) -> tuple[dict, dict]:
+    """Render and write one video of ``split`` (``code`` None: a normal one); its manifest
+    row and its entry in the benchmark's info file. A test video with events adds its
+    annotation line to ``annotations`` (every seventh name with a stray ``.mp4``, as in
+    the published file)."""
+    n = max(48, round(rng.uniform(0.6, 1.4) * seconds * fps))
+    codes, intervals = _plan_video(rng, code, n, multi_label_fraction)
+    name = _name(rng, codes, n / fps)
+    while name in names:  # two draws alike: draw again (deterministic)
+        name = _name(rng, codes, n / fps)
+    names.add(name)
+    video, audio = _render(rng, n, fps, size, audio_rate, intervals)
+    path = out / split / f"{name}.mp4"
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.tmp.mp4")
+    write_av_clip(tmp, video, fps, audio, audio_rate)
+    os.replace(tmp, path)
+    events = sorted([iv["start"], iv["end"]] for iv in intervals if iv["code"] is not None)
+    labels = [XD_LABEL_CODES[c] for c in codes] or [XD_LABEL_CODES[XD_NORMAL_CODE]]
+    test = split == "test"
+    if test and events:
+        shown = name + (".mp4" if len(annotations) % 7 == 3 else "")
+        annotations.append(" ".join([shown] + [str(v) for ev in events for v in ev]))
+    row = {
+        "video_id": f"{split}/{name}",
+        "path": str(path),
+        "label": labels[0],
+        "labels": labels,
+        "split": split,
+        "gt_intervals": events if test else [],
+        "gt_available": test,
+    }
+    entry = {"codes": codes or [XD_NORMAL_CODE], "n_frames": n, "intervals": intervals}
+    return row, entry
+
+
 def generate_xd_benchmark(
     out_dir: str | os.PathLike,
     *,
@@ -234,13 +311,7 @@ def generate_xd_benchmark(
     if not 0 <= multi_label_fraction <= 1:
         raise ValueError(f"multi_label_fraction must be in [0, 1], got {multi_label_fraction}")
     out = Path(os.path.abspath(os.fspath(out_dir)))
-    n_test = math.ceil(clips_per_class / 2)
-    plan = {
-        "train": [c for c in VIOLENT_CODES for _ in range(clips_per_class)]
-        + [None] * (len(VIOLENT_CODES) * clips_per_class),
-        "test": [c for c in VIOLENT_CODES for _ in range(n_test)]
-        + [None] * round(0.6 * len(VIOLENT_CODES) * n_test),
-    }
+    plan = _plan_splits(clips_per_class)
     total = sum(len(v) for v in plan.values())
     rows: list[dict] = []
     info: dict[str, dict] = {}
@@ -251,64 +322,28 @@ def generate_xd_benchmark(
         (out / split).mkdir(parents=True, exist_ok=True)
         for j, code in enumerate(plan[split]):
             rng = np.random.default_rng(np.random.SeedSequence([seed, si, j]))
-            n = max(48, round(rng.uniform(0.6, 1.4) * seconds * fps))
-            codes, intervals = _plan_video(rng, code, n, multi_label_fraction)
-            name = _name(rng, codes, n / fps)
-            while name in names:  # two draws alike: draw again (deterministic)
-                name = _name(rng, codes, n / fps)
-            names.add(name)
-            video, audio = _render(rng, n, fps, size, audio_rate, intervals)
-            path = out / split / f"{name}.mp4"
-            tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.tmp.mp4")
-            write_av_clip(tmp, video, fps, audio, audio_rate)
-            os.replace(tmp, path)
-            events = [[iv["start"], iv["end"]] for iv in intervals if iv["code"] is not None]
-            events.sort()
-            labels = [XD_LABEL_CODES[c] for c in codes] or [XD_LABEL_CODES[XD_NORMAL_CODE]]
-            test = split == "test"
-            if test and events:
-                shown = name + (".mp4" if len(annotations) % 7 == 3 else "")
-                annotations.append(" ".join([shown] + [str(v) for ev in events for v in ev]))
-            rows.append(
-                {
-                    "video_id": f"{split}/{name}",
-                    "path": str(path),
-                    "label": labels[0],
-                    "labels": labels,
-                    "split": split,
-                    "gt_intervals": events if test else [],
-                    "gt_available": test,
-                }
+            row, entry = _write_video(
+                rng,
+                out,
+                split,
+                code,
+                names,
+                annotations,
+                seconds=seconds,
+                fps=fps,
+                size=size,
+                audio_rate=audio_rate,
+                multi_label_fraction=multi_label_fraction,
             )
-            info[f"{split}/{name}"] = {
-                "codes": codes or [XD_NORMAL_CODE],
-                "n_frames": n,
-                "intervals": intervals,
-            }
+            rows.append(row)
+            info[row["video_id"]] = entry
             done += 1
             if progress is not None:
                 progress(done, total)
-    ann = out / ANNOTATIONS_FILE
-    tmp = ann.with_name(f".{ann.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text("".join(line + "\n" for line in annotations))
-    os.replace(tmp, ann)
-    meta = {
-        "generator": "avarnet.data.synthetic_xd",
-        "params": {
-            "clips_per_class": clips_per_class,
-            "seconds": seconds,
-            "seed": seed,
-            "fps": fps,
-            "size": list(size),
-            "audio_rate": audio_rate,
-            "multi_label_fraction": multi_label_fraction,
-        },
-        "signatures": dict(XD_SIGNATURES),
-        "normal_activities": [list(a) for a in NORMAL_ACTIVITIES],
-        "videos": info,
-    }
-    tmp = out / f".{INFO_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out / INFO_FILE)
+    _write_atomic(out / ANNOTATIONS_FILE, "".join(line + "\n" for line in annotations))
+    params = {"clips_per_class": clips_per_class, "seconds": seconds, "seed": seed}
+    params.update(fps=fps, size=list(size), audio_rate=audio_rate)
+    params["multi_label_fraction"] = multi_label_fraction
+    _write_info(out, params, info)
     rows.sort(key=lambda r: r["path"])
     return rows

@@ -114,6 +114,8 @@ class AVARNet(nn.Module):
         normal_index: int | None = None,
         multilabel: bool = False,
     ):
+        # Over 60 lines because it is one flat sequence: 16 keyword arguments, their
+        # checks, the record of every argument (``init_kwargs``) and the modules they build.
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
