@@ -144,6 +144,7 @@ class Pipeline:
                     fps=s.fps,
                     degrade_fraction=s.degrade_fraction,
                     no_audio_fraction=s.no_audio_fraction,
+                    split_fractions=self.cfg.data.split_fractions,
                 )
                 if self.data_dir.exists():
                     shutil.rmtree(self.data_dir)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avarnet.config import DataConfig, SynthConfig
 from avarnet.data.manifest import assign_splits, write_manifest_csv
 
 __all__ = [
@@ -487,19 +488,24 @@ def _write_json_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# The defaults are the config's (one source per setting).
+_SYNTH, _DATA = SynthConfig(), DataConfig()
+
+
 def generate_benchmark(
     out_dir: str | os.PathLike,
     *,
-    clips_per_class: int = 6,
-    seconds: float = 4.0,
-    seed: int = 0,
-    fps: float = 12,
+    clips_per_class: int = _SYNTH.clips_per_class,
+    seconds: float = _SYNTH.seconds,
+    seed: int = _SYNTH.seed,
+    fps: float = _SYNTH.fps,
     size: tuple[int, int] = (128, 96),
     audio_rate: int = 16000,
     audio_channels: int = 1,
-    degrade_fraction: float = 0.3,
-    no_audio_fraction: float = 0.0,
+    degrade_fraction: float = _SYNTH.degrade_fraction,
+    no_audio_fraction: float = _SYNTH.no_audio_fraction,
     progress: Callable[[int, int], None] | None = None,
+    split_fractions: tuple[float, float, float] = _DATA.split_fractions,
 ) -> list[dict]:
     """Write the benchmark: ``out_dir/<Class>/<Class>_<jjj>.mp4`` for each class and clip,
     ``out_dir/manifest.csv`` and ``out_dir/synthetic.json``.
@@ -515,10 +521,11 @@ def generate_benchmark(
         degrade_fraction: fraction of all clips degraded (dark / occluded / noisy in turn).
         no_audio_fraction: fraction of all clips written without an audio track.
         progress: called as ``progress(done, total)`` after each clip.
+        split_fractions: train/val/test fractions per class.
 
     Returns:
         The manifest rows (``docs/INTERFACES.md``), in class then clip order, split by
-        :func:`~avarnet.data.manifest.assign_splits` with ``seed``; identical to
+        :func:`~avarnet.data.manifest.assign_splits` with ``seed`` and ``split_fractions``; identical to
         ``read_manifest(out_dir / "manifest.csv").rows``.
 
     ``synthetic.json`` holds the parameters and, per ``video_id``: ``label``, ``visual`` and
@@ -539,7 +546,7 @@ def generate_benchmark(
     _check_benchmark_params(params)
     out = Path(os.path.abspath(os.fspath(out_dir)))
     rows, clips_info = _write_clips(out, params, progress)
-    assign_splits(rows, seed)
+    assign_splits(rows, seed, split_fractions)
     write_manifest_csv(rows, out / "manifest.csv")
     _write_json_atomic(_benchmark_info(params, clips_info), out / INFO_FILE)
     return rows

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from avarnet.config import SynthConfig
 from glue.errors import CliError
 from workflows.commands._common import SubParsers, emit, progress_callback
+
+_SYNTH = SynthConfig()  # the defaults, from the config (one source per setting)
 
 
 def add(sub: SubParsers) -> None:
@@ -36,30 +39,39 @@ def add(sub: SubParsers) -> None:
     p.add_argument(
         "--clips-per-class",
         type=int,
-        default=8,
-        help="clips per class (default 8); xd-violence: violent training videos per class",
+        default=_SYNTH.clips_per_class,
+        help=f"clips per class (default {_SYNTH.clips_per_class}); xd-violence: violent "
+        "training videos per class",
     )
     p.add_argument(
         "--seconds",
         type=float,
         default=None,
-        help="clip length in seconds (default 4; xd-violence: the mean length, default 12)",
+        help=f"clip length in seconds (default {_SYNTH.seconds:g}; xd-violence: the mean "
+        "length, default 12)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--fps", type=int, default=None, help="video frame rate (default 12; xd-violence 16)"
+        "--seed", type=int, default=_SYNTH.seed, help=f"random seed (default {_SYNTH.seed})"
+    )
+    p.add_argument(
+        "--fps",
+        type=int,
+        default=None,
+        help=f"video frame rate (default {_SYNTH.fps}; xd-violence 16)",
     )
     p.add_argument(
         "--degrade-fraction",
         type=float,
         default=None,
-        help="fraction of clips darkened, occluded or noisy (default 0.3; not xd-violence)",
+        help=f"fraction of clips darkened, occluded or noisy (default "
+        f"{_SYNTH.degrade_fraction:g}; not xd-violence)",
     )
     p.add_argument(
         "--no-audio-fraction",
         type=float,
-        default=0.0,
-        help="fraction of clips written without an audio track (default 0)",
+        default=_SYNTH.no_audio_fraction,
+        help=f"fraction of clips written without an audio track (default "
+        f"{_SYNTH.no_audio_fraction:g})",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=_run_synth)
@@ -74,18 +86,19 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     if args.layout == "xd-violence":
         return _run_synth_xd(args)
-    seconds = 4.0 if args.seconds is None else args.seconds
+    seconds = _SYNTH.seconds if args.seconds is None else args.seconds
     if args.clips_per_class < 1 or seconds <= 0:
         raise CliError("--clips-per-class must be >= 1 and --seconds > 0")
     out = Path(args.out).resolve()
     t0 = time.perf_counter()
+    degrade = _SYNTH.degrade_fraction if args.degrade_fraction is None else args.degrade_fraction
     generate_benchmark(
         out,
         clips_per_class=args.clips_per_class,
         seconds=seconds,
         seed=args.seed,
-        fps=12 if args.fps is None else args.fps,
-        degrade_fraction=0.3 if args.degrade_fraction is None else args.degrade_fraction,
+        fps=_SYNTH.fps if args.fps is None else args.fps,
+        degrade_fraction=degrade,
         no_audio_fraction=args.no_audio_fraction,
         progress=None if args.json else progress_callback("synth"),
     )
