@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   the whole workflow on embedded defaults (local Ray, sqlite MLflow, generated data)
-#   make test   lint + the test suite (make test-fast: the unit tier, under a minute)
+#   make test   lint + the test suite (make test-fast: the unit tier, on 2 processes)
 # Each creates and fills .venv when it is missing.
 
 VENV   ?= .venv
@@ -57,7 +57,7 @@ test: lint test-deps
 
 # The unit tier: everything that starts no Ray, server or browser (see tests/conftest.py).
 test-fast: lint
-	$(PY) -m pytest -m "not integration" -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" -q -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py
