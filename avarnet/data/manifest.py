@@ -44,7 +44,7 @@ import os
 import re
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,9 +229,11 @@ def _is_video(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
-def _walk_videos(root: str) -> list[str]:
-    """Video files below ``root`` as sorted '/'-separated relative paths. Hidden files and
-    folders are skipped; symlinked folders are followed once (no cycles)."""
+def walk_files(root: str | os.PathLike, keep: Callable[[str], bool]) -> list[str]:
+    """Files below ``root`` whose name ``keep`` accepts, as sorted '/'-separated relative
+    paths. Hidden files and folders are skipped; symlinked folders are followed once (no
+    cycles)."""
+    root = os.fspath(root)
     found: list[str] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -243,10 +245,15 @@ def _walk_videos(root: str) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
-            if not name.startswith(".") and _is_video(name):
+            if not name.startswith(".") and keep(name):
                 rel = name if rel_dir == "." else os.path.join(rel_dir, name)
                 found.append(rel.replace(os.sep, "/"))
     return sorted(found)
+
+
+def _walk_videos(root: str) -> list[str]:
+    """Video files below ``root`` (see :func:`walk_files`)."""
+    return walk_files(root, _is_video)
 
 
 def _video_id(rel: str) -> str:

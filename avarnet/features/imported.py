@@ -72,6 +72,7 @@ from avarnet.data.manifest import (
     parse_xd_name,
     read_xd_annotations,
     segment_ground_truth,
+    walk_files,
 )
 from avarnet.features.spec import FeatureSpec
 from avarnet.features.table import save_spec, write_part
@@ -172,17 +173,7 @@ def _split_of(parts: Sequence[str]) -> str | None:
 
 
 def _walk_npy(root: Path) -> list[Path]:
-    found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".npy") and f[0] != "."]
-    return found
+    return [root / rel for rel in walk_files(root, lambda name: name.endswith(".npy"))]
 
 
 def _parse(path: Path) -> tuple[str, str] | None:
