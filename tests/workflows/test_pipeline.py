@@ -54,7 +54,15 @@ def test_stage_hashes_are_stable_and_depend_on_where_outputs_go(tmp_path):
     assert _hashes(_cfg(tmp_path, "tracking.experiment=other")) == _hashes(_cfg(tmp_path))
 
 
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def test_data_stage_markers_skip_rerun_and_force(tmp_path):
+    # In a whole-suite run an earlier module's session Ray may be up already; the data
+    # stage must not start one of its own.
+    ray_before = _ray_is_up()
     cfg = _cfg(tmp_path)
     first = P.Pipeline(cfg, progress=False)
     [res] = first.run(["data"])
@@ -65,8 +73,7 @@ def test_data_stage_markers_skip_rerun_and_force(tmp_path):
     assert res.outputs == str(manifest) and manifest.is_file()
     assert (first.root / "config.yaml").is_file()
     assert not list(first.root.glob(".data-*"))  # written aside, renamed into place
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()  # the data stage starts no Ray
+    assert _ray_is_up() == ray_before  # the data stage starts no Ray
 
     [again] = P.Pipeline(cfg, progress=False).run(["data"])
     assert (again.status, again.seconds, again.metric) == ("skipped", 0.0, "10 clips")
