@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from avarnet.batching import Batch, pad_batch
+from avarnet.config import TrainConfig
 from avarnet.features import table as ft
 from avarnet.metrics import classification_metrics
 from avarnet.models.losses import avarnet_loss
@@ -56,26 +57,30 @@ __all__ = [
 COLUMNS = ["label", "labels", "split", "audio", "visual", "has_audio"]
 
 
+_TRAIN = TrainConfig()
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How a model is optimised (every field a ``train.*`` config key)."""
+    """How a model is optimised: every field is the ``train.*`` config key of that name,
+    and its default is ``TrainConfig``'s (one source per setting)."""
 
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    smoothing_weight: float = 0.15
-    label_smoothing: float = 0.0
-    warmup_epochs: int = 0
-    schedule: str = "constant"  # constant | cosine
-    min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * min_lr_ratio
-    grad_clip: float | None = None
-    patience: int | None = None  # epochs without a better validation score before stopping
-    max_segments: int | None = 512
-    seed: int = 0
-    ema_decay: float | None = None  # validate and keep a Polyak average of the weights
-    mixup: float = 0.0  # Beta(a, a) mixup of clips within a batch (0: off)
-    feature_noise: float = 0.0  # Gaussian noise on the features, x their batch std (0: off)
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    weight_decay: float = _TRAIN.weight_decay
+    smoothing_weight: float = _TRAIN.smoothing_weight
+    label_smoothing: float = _TRAIN.label_smoothing
+    warmup_epochs: int = _TRAIN.warmup_epochs
+    schedule: str = _TRAIN.schedule
+    min_lr_ratio: float = _TRAIN.min_lr_ratio
+    grad_clip: float | None = _TRAIN.grad_clip
+    patience: int | None = _TRAIN.patience
+    max_segments: int | None = _TRAIN.max_segments
+    seed: int = _TRAIN.seed
+    ema_decay: float | None = _TRAIN.ema_decay
+    mixup: float = _TRAIN.mixup
+    feature_noise: float = _TRAIN.feature_noise
 
     @classmethod
     def from_config(cls, train_cfg: Any) -> Recipe:

@@ -15,6 +15,9 @@ from avarnet.features.backbones import build_feature_spec
 from avarnet.models import create_model
 
 LABELS = ["a", "b", "c"]
+# What the mechanism tests below were written against: no weight average, light decay
+# (the project's defaults, which Recipe() takes from TrainConfig, are the small-data recipe).
+PLAIN = {"ema_decay": None, "weight_decay": 1e-4}
 
 
 def _table(n_per_class: int, seed: int, *, split: str = "train", t: int = 6):
@@ -50,7 +53,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[2] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # monotone decay after warm-up
     assert lrs[-1] == pytest.approx(0.1)
-    assert T.lr_at(7, T.Recipe(lr=0.5)) == 0.5  # constant
+    assert T.lr_at(7, T.Recipe(lr=0.5, warmup_epochs=0, schedule="constant")) == 0.5  # constant
 
 
 def test_collate_gives_class_indices_or_multi_hot_targets():
@@ -93,7 +96,7 @@ def test_fit_learns_a_separable_table_and_keeps_the_best_epoch():
         num_classes=3,
         fusion_norm="layer",
     )
-    recipe = T.Recipe(epochs=25, batch_size=6, lr=3e-3, warmup_epochs=2, schedule="cosine")
+    recipe = T.Recipe(epochs=25, batch_size=6, lr=3e-3, warmup_epochs=2, schedule="cosine", **PLAIN)
     seen = []
     result = T.fit(
         model,
@@ -120,7 +123,15 @@ def test_fit_stops_early_once_validation_stops_improving():
     model = create_model(
         "avarnet_tiny", audio_dim=spec.audio_dim, visual_dim=spec.visual_dim, num_classes=3
     )
-    recipe = T.Recipe(epochs=200, batch_size=12, lr=3e-3, patience=3)
+    recipe = T.Recipe(
+        epochs=200,
+        batch_size=12,
+        lr=3e-3,
+        patience=3,
+        warmup_epochs=0,
+        schedule="constant",
+        **PLAIN,
+    )
     result = T.fit(model, train, val, recipe, labels=LABELS)
     last = result.history[-1]["epoch"]
     assert last < 199 and last - result.best.epoch == 3
@@ -165,7 +176,7 @@ def test_ema_is_validated_kept_as_the_best_and_saved_with_the_optimiser():
         assert all(torch.equal(p.detach(), ema[n]) for n, p in model.named_parameters())
     assert any(not torch.equal(params[n].detach(), ema[n]) for n in params)
     # Without ema_decay nothing is averaged and validation sees the training weights.
-    plain = T.make_optimizer(model, T.Recipe())
+    plain = T.make_optimizer(model, T.Recipe(ema_decay=None))
     with T.ema_weights(plain):
         pass
     assert not any("ema" in s for s in plain.state.values())
@@ -205,3 +216,9 @@ def test_train_config_carries_the_ema_and_augmentation_keys_into_the_recipe():
     for bad in ("train.ema_decay=1.0", "train.mixup=-1"):
         with pytest.raises(ConfigError):
             load_config(None, [bad])
+
+
+def test_the_recipe_defaults_are_the_train_config_defaults():
+    from avarnet.config import TrainConfig
+
+    assert T.Recipe() == T.Recipe.from_config(TrainConfig())
