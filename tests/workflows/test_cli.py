@@ -113,15 +113,19 @@ def built_config(monkeypatch):
     from workflows.commands import _common
 
     seen = {}
+    real = _common.load_cfg
 
     def spy(args, extra):
-        seen["cfg"] = _common.load_cfg(args, extra)
+        seen["cfg"] = real(args, extra)
         raise _Stop
 
     def run(argv):
         args = cli.build_parser().parse_args(argv)
         module = sys.modules[args.func.__module__]
-        monkeypatch.setattr(module, "load_cfg", spy)
+        # Verbs on a feature table build theirs through _common.feature_table_config.
+        monkeypatch.setattr(_common, "load_cfg", spy)
+        if hasattr(module, "load_cfg"):
+            monkeypatch.setattr(module, "load_cfg", spy)
         with pytest.raises(_Stop):
             args.func(args)
         return seen["cfg"]

@@ -84,3 +84,17 @@ def tracking_uri_for(cfg, root) -> str:
     from glue.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(cfg.tracking, root)
+
+
+def feature_table_config(args: argparse.Namespace, pairs: tuple[tuple[str, str], ...]):
+    """For verbs that read a feature table (``--features``): the table's resolved path,
+    the config (outputs beside the table unless ``output_dir=...`` is given; ``pairs``
+    map flags to config keys) and the tracking URI."""
+    from pathlib import Path
+
+    from glue.runtime import check_durable_path
+
+    check_durable_path(args.features, "--features")
+    features = Path(args.features).resolve()
+    cfg = load_cfg(args, [f"output_dir={features.parent}", *flag_overrides(args, pairs)])
+    return features, cfg, tracking_uri_for(cfg, Path(cfg.output_dir))

@@ -9,9 +9,7 @@ from workflows.commands._common import (
     add_config_args,
     beside,
     emit,
-    flag_overrides,
-    load_cfg,
-    tracking_uri_for,
+    feature_table_config,
 )
 
 
@@ -44,15 +42,12 @@ def add(sub: SubParsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from avarnet.evaluation import format_report
-    from glue.runtime import check_durable_path, ray_session
+    from glue.runtime import ray_session
     from glue.train import check_training_data, run_training_seeds
 
-    check_durable_path(args.features, "--features")
-    features = Path(args.features).resolve()
-    extra = [f"output_dir={features.parent}"] + flag_overrides(
+    features, cfg, uri = feature_table_config(
         args,
         (
             ("model", "model.name"),
@@ -63,8 +58,6 @@ def _run_train(args: argparse.Namespace) -> int:
             ("seeds", "train.seeds"),
         ),
     )
-    cfg = load_cfg(args, extra)
-    uri = tracking_uri_for(cfg, Path(cfg.output_dir))
     facts = check_training_data(features)  # bad data fails here, before Ray starts
     with ray_session():
         res = run_training_seeds(

@@ -9,10 +9,8 @@ from workflows.commands._common import (
     add_config_args,
     beside,
     emit,
-    flag_overrides,
-    load_cfg,
+    feature_table_config,
     say_error,
-    tracking_uri_for,
 )
 
 
@@ -42,15 +40,12 @@ def add(sub: SubParsers) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from glue.runtime import check_durable_path, ray_session
+    from glue.runtime import ray_session
     from glue.train import check_training_data
     from tune.search import SearchInterrupted, check_search_settings, run_search
 
-    check_durable_path(args.features, "--features")
-    features = Path(args.features).resolve()
-    extra = [f"output_dir={features.parent}"] + flag_overrides(
+    features, cfg, uri = feature_table_config(
         args,
         (
             ("trials", "tune.trials"),
@@ -59,14 +54,17 @@ def _run_tune(args: argparse.Namespace) -> int:
             ("epochs", "train.epochs"),
         ),
     )
-    cfg = load_cfg(args, extra)
     check_search_settings(cfg)  # settings that cannot work fail here, before Ray starts
-    uri = tracking_uri_for(cfg, Path(cfg.output_dir))
-    check_training_data(features)  # bad data fails here, before Ray starts
+    facts = check_training_data(features)  # bad data fails here, before Ray starts
     try:
         with ray_session():
             res = run_search(
-                cfg, features, tracking_uri=uri, name=args.name, progress=not args.json
+                cfg,
+                features,
+                tracking_uri=uri,
+                name=args.name,
+                progress=not args.json,
+                facts=facts,  # checked once, above
             )
     except SearchInterrupted as err:
         say_error(str(err))
