@@ -12,8 +12,10 @@ The backbones themselves live in :mod:`~avarnet.features.audio` (Wav2Vec2) and
   randomly initialised, 4 frames per 1 s segment: for tests and the demo on a CPU.
 
 Every preset decodes and encodes :data:`~avarnet.features.spec.DEFAULT_CHUNK_SEGMENTS`
-segments at a time (``chunk_segments``, the audio context); it can be overridden like the
-other chosen fields.
+segments at a time (``chunk_segments``, the audio context) in float32 (``precision``);
+both can be overridden like the other chosen fields. ``precision="bf16"`` or ``"fp16"``
+runs both backbones under ``torch.autocast`` (:class:`Autocast`, built by
+:func:`build_encoders`); the features still come out as float32.
 
 Nothing is loaded at import; transformers and timm are imported inside the functions.
 """
@@ -21,6 +23,8 @@ Nothing is loaded at import; transformers and timm are imported inside the funct
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,7 +37,14 @@ from avarnet.features.weights import RANDOM_PREFIX, is_local
 if TYPE_CHECKING:
     from avarnet.features.extractor import FeatureEncoders
 
-__all__ = ["PRESETS", "build_encoders", "build_feature_spec"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "PRESETS",
+    "Autocast",
+    "autocast_dtype",
+    "build_encoders",
+    "build_feature_spec",
+]
 
 # mean, std, interpolation, visual_dim) are read from the backbones' own configs.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,8 +82,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pooling": "mean",
     },
 }
-# ...and the chunk length, which every preset leaves at the FeatureSpec's default.
-_CHOSEN_FIELDS = frozenset(PRESETS["paper"]) | {"chunk_segments"}
+# ...and the chunk length and precision, which every preset leaves at the FeatureSpec's
+# defaults.
+_CHOSEN_FIELDS = frozenset(PRESETS["paper"]) | {"chunk_segments", "precision"}
+# FeatureSpec.precision -> the dtype its backbones run in under torch.autocast.
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_feature_spec(preset: str = "paper", **overrides: Any) -> FeatureSpec:
@@ -80,7 +94,7 @@ def build_feature_spec(preset: str = "paper", **overrides: Any) -> FeatureSpec:
 
     Overridable: ``audio_backbone``, ``audio_revision``, ``visual_backbone``,
     ``visual_weights``, ``image_size``, ``frames_per_segment``, ``segment_seconds``,
-    ``segment_frames``, ``pooling``, ``chunk_segments``. The preprocessing and dimensions
+    ``segment_frames``, ``pooling``, ``chunk_segments``, ``precision``. The preprocessing and dimensions
     (sample rate, normalisation, mean, std, interpolation, dims) are read from the chosen
     backbones' configs: a local audio folder's ``config.json`` and ``preprocessor_config.json``,
     timm's pretrained config. A local folder or checkpoint is recorded by absolute path and
@@ -118,6 +132,78 @@ def _check(spec: FeatureSpec, found: dict[str, Any], what: str) -> None:
         raise FeatureSpecMismatch(differences, f"{what} does not match the FeatureSpec")
 
 
+def _float32(out: Any) -> Any:
+    """``out`` with its floating tensors as float32: a tensor, a tuple of them, or a
+    transformers ``ModelOutput`` (a mapping), changed in place."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple):
+        return type(out)(_float32(x) for x in out)
+    if isinstance(out, Mapping):
+        for key in list(out.keys()):
+            out[key] = _float32(out[key])
+    return out
+
+
+class Autocast(torch.nn.Module):
+    """A backbone run under ``torch.autocast(dtype)`` on the device its weights are on.
+    The weights stay float32; floating outputs come back as float32.
+
+    ``config`` is the wrapped model's (Wav2Vec2's config gives the encoders their hop)."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        device_type = next(self.model.parameters()).device.type
+        with torch.autocast(device_type, dtype=self.dtype):
+            out = self.model(*args, **kwargs)
+        return _float32(out)
+
+
+def _cpu_autocast_supports(dtype: torch.dtype) -> bool:
+    # A torch whose CPU autocast lacks a dtype warns and disables itself (fp16 before 2.2).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctx = torch.autocast("cpu", dtype=dtype)
+    return bool(getattr(ctx, "_enabled", True)) and not caught
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The dtype the backbones of ``precision`` (``FeatureSpec.precision``) run in on
+    ``device``: None for ``fp32`` (no autocast).
+
+    Raises:
+        ValueError: a precision this device's autocast does not support (naming the
+            ``features.precision`` setting).
+    """
+    if precision == "fp32":
+        return None
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; known: fp32, {sorted(AUTOCAST_DTYPES)}")
+    dtype, dev = AUTOCAST_DTYPES[precision], torch.device(device)
+    if dev.type == "cpu":
+        ok = _cpu_autocast_supports(dtype)
+    elif dev.type == "cuda":
+        ok = precision != "bf16" or torch.cuda.is_bf16_supported()
+    else:
+        ok = torch.amp.is_autocast_available(dev.type)
+    if not ok:
+        raise ValueError(
+            f"features.precision={precision} (FeatureSpec.precision): torch {torch.__version__} "
+            f"cannot autocast to {dtype} on {dev.type}; use features.precision=fp32"
+            + (" or bf16" if precision == "fp16" and dev.type == "cpu" else "")
+            + " (the feature table's precision must match the model's)"
+        )
+    return dtype
+
+
 def build_encoders(
     spec: FeatureSpec, device: str | torch.device = "cpu", **kwargs: Any
 ) -> FeatureEncoders:
@@ -129,11 +215,17 @@ def build_encoders(
     fails. ``kwargs`` go to :class:`~avarnet.features.extractor.FeatureEncoders`
     (``visual_batch_size``, ``audio_batch_size``, ``max_audio_seconds``).
 
+    A ``spec.precision`` of ``bf16`` or ``fp16`` wraps both backbones in :class:`Autocast`
+    (float32 weights, half-precision arithmetic, float32 features).
+
     Raises:
         FeatureSpecMismatch: the weights or their configs differ from the spec.
         OSError: hub weights that cannot be fetched (no network, not cached).
+        ValueError: a precision the device cannot autocast to.
     """
     from avarnet.features.extractor import FeatureEncoders
+
+    dtype = autocast_dtype(spec.precision, device)  # fail before loading any weights
 
     audio_model, ameta = audio_backbone_for(spec.audio_backbone, spec.audio_revision)
     found = {
@@ -152,4 +244,6 @@ def build_encoders(
         "std": vmeta.std,
     }
     _check(spec, found, f"visual backbone {spec.visual_backbone}")
+    if dtype is not None:
+        audio_model, visual_model = Autocast(audio_model, dtype), Autocast(visual_model, dtype)
     return FeatureEncoders(spec, audio_model, visual_model, device=device, **kwargs)

@@ -31,6 +31,12 @@ Field meanings and units:
   audio at a time, so this is the audio context and changes the audio features. Specs
   written before it was recorded read as :data:`DEFAULT_CHUNK_SEGMENTS`, the value every
   table and model used then.
+- ``precision``: the encoders' arithmetic, one of :data:`PRECISIONS`. ``"fp32"``: plain
+  float32; ``"bf16"`` / ``"fp16"``: the backbones run under ``torch.autocast`` with that
+  dtype (CUDA; bf16 also on a CPU, fp16 on a CPU where torch's CPU autocast supports it).
+  The features are stored as float32 either way, but differ slightly from fp32 ones, so
+  tables of different precisions are not mixed. Specs written before it was recorded read
+  as ``"fp32"``, what every encoder computed then.
 
 :meth:`FeatureSpec.check_compatible` compares every field but two kinds: ``preset`` is only a
 label (the preset the spec was built from), and the path of local weights
@@ -52,9 +58,18 @@ from typing import Any
 # cannot import this module); it is the FeatureSpec's default, read from here.
 from avarnet.data.decode import DEFAULT_CHUNK_SEGMENTS, DecodeOptions
 
-__all__ = ["DEFAULT_CHUNK_SEGMENTS", "FeatureSpec", "FeatureSpecMismatch", "POOLINGS"]
+__all__ = [
+    "DEFAULT_CHUNK_SEGMENTS",
+    "PRECISIONS",
+    "FeatureSpec",
+    "FeatureSpecMismatch",
+    "POOLINGS",
+]
 
 POOLINGS = ("mean",)
+# The encoders' arithmetic (the same names as avarnet.config.PRECISIONS, which the config
+# validates against; a test keeps the two equal).
+PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that label a spec without changing what its features mean.
 _LABEL_FIELDS = frozenset({"preset"})
 # Path field -> digest field of local weights.
@@ -99,6 +114,7 @@ class FeatureSpec:
     visual_dim: int
     pooling: str = "mean"
     chunk_segments: int = DEFAULT_CHUNK_SEGMENTS
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # Normalise types so that a spec read from JSON equals the one that was written.
@@ -129,6 +145,10 @@ class FeatureSpec:
         if self.pooling not in POOLINGS:
             raise ValueError(f"FeatureSpec.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_(self, "audio_normalize", bool(self.audio_normalize))
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"FeatureSpec.precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
 
     # -- serialisation -------------------------------------------------------------------
 
