@@ -6,7 +6,8 @@ for ``benchmarks/extract.py``'s (c) and ``benchmarks/train.py``'s training pass:
 
 - encoders: ``full-random`` backbones (mobilevit_s at 256 px, the wav2vec2-base
   configuration), chunks of 32 one-second segments x 8 frames plus 32 s of 16 kHz audio,
-  in batches of ``--chunks-per-call`` -> clip-seconds per second;
+  in batches of ``--chunks-per-call``, at each of ``--precision`` (``fp32``, ``bf16``,
+  ``fp16``: ``FeatureSpec.precision``, autocast) -> clip-seconds per second;
 - training: ``avarnet_base`` (4 stages x 10 layers x 64 filters) on 768 + 640-d features,
   batch 16 x 64 segments, AdamW -> milliseconds per step and clips per second;
 - scoring: what one Serve Encoder + Classifier replica computes per request on a GPU: a
@@ -14,7 +15,7 @@ for ``benchmarks/extract.py``'s (c) and ``benchmarks/train.py``'s training pass:
   ``Predictor`` (``avarnet_base``), one clip per call (latency p50/p95) and four per call
   (an ``@serve.batch`` under load: clips per second). Decoding is not included.
 
-    python benchmarks/gpu.py [--device cuda] [--out result.json]
+    python benchmarks/gpu.py [--device cuda] [--precision fp32,bf16,fp16] [--out result.json]
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def _chunk(spec, n: int, seed: int = 0) -> ClipChunk:
     )
 
 
-def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -> dict:
-    spec = build_feature_spec(preset)
+def bench_encoders(
+    device: str, preset: str, chunks_per_call: int, calls: int, precision: str = "fp32"
+) -> dict:
+    spec = build_feature_spec(preset, precision=precision)
     enc = build_encoders(spec, device=device, visual_batch_size=128, audio_batch_size=8)
     n = 32
     chunk = _chunk(spec, n)
@@ -74,6 +77,7 @@ def bench_encoders(device: str, preset: str, chunks_per_call: int, calls: int) -
     clip_seconds = calls * chunks_per_call * n
     return {
         "preset": preset,
+        "precision": precision,
         "chunks_per_call": chunks_per_call,
         "clip_seconds": clip_seconds,
         "seconds": wall,
@@ -158,6 +162,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="full-random")
     ap.add_argument("--chunks-per-call", default="1,4")
+    ap.add_argument(
+        "--precision", default="fp32", help="encoder precisions, comma-separated (fp32,bf16,fp16)"
+    )
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", help="write the results as JSON here")
@@ -177,7 +184,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "encoders": [
-            bench_encoders(args.device, args.preset, int(c), args.calls)
+            bench_encoders(args.device, args.preset, int(c), args.calls, precision)
+            for precision in args.precision.split(",")
             for c in args.chunks_per_call.split(",")
         ],
         "train_step": bench_train_step(args.device, args.steps),
