@@ -172,7 +172,8 @@ def _cpu_autocast_supports(dtype: torch.dtype) -> bool:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ctx = torch.autocast("cpu", dtype=dtype)
-    return bool(getattr(ctx, "_enabled", True)) and not caught
+    refused = any("not supported" in str(w.message) for w in caught)
+    return bool(getattr(ctx, "_enabled", True)) and not refused
 
 
 def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:

@@ -128,7 +128,8 @@ def test_half_precision_features_are_close_to_fp32_ones(
 
 
 def test_an_unsupported_precision_fails_naming_the_setting(spec, monkeypatch):
-    monkeypatch.setattr(backbones, "_cpu_autocast_supports", lambda dtype: False)
+    # A dtype this torch's CPU autocast refuses stands in for fp16 on a torch without it.
+    monkeypatch.setitem(backbones.AUTOCAST_DTYPES, "fp16", torch.float64)
     with pytest.raises(
         ValueError, match=r"features\.precision=fp16 .*use features\.precision=fp32 or bf16"
     ):
