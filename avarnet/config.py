@@ -30,16 +30,60 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TuneConfig",
+    "Labels",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "parse_labels",
     "save_config",
 ]
 
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
+
+
+# Where a kind of work runs: Ray node labels it requires (``ray start --labels k=v``), as a
+# mapping, or "k=v,k2=v2" on a command line. Values are Ray's label-selector values:
+# ``gpu``, ``!gpu``, ``in(a,b)``, ``!in(a,b)``. Empty: any node.
+Labels = dict[str, str]
+
+
+def parse_labels(value: Any, where: str) -> dict[str, str]:
+    """A label selector from a mapping or a ``k=v,k2=v2`` string (``{}`` for "" or None)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        pairs = [p.strip() for p in _split_top_level(value) if p.strip()]
+        out = {}
+        for pair in pairs:
+            key, sep, val = pair.partition("=")
+            if not sep or not key.strip() or not val.strip():
+                raise ConfigError(f"{where}: {pair!r} is not of the form label=value")
+            out[key.strip()] = val.strip()
+        return out
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected label=value pairs, got {value!r}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or isinstance(v, bool) or v is None:
+            raise ConfigError(f"{where}: expected label: value strings, got {k!r}: {v!r}")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses (``pool=in(a,b),zone=x`` is two pairs)."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -71,6 +115,10 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
+# The encoders' arithmetic (FeatureSpec.precision).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class FeaturesConfig:
     """Feature extraction (Ray Data). Backbone fields override the preset's when set."""
@@ -94,6 +142,16 @@ class FeaturesConfig:
     # Segments decoded and encoded together: Wav2Vec2's audio context, so part of the
     # FeatureSpec. None: the spec's default (avarnet.features.spec.DEFAULT_CHUNK_SEGMENTS).
     chunk_segments: int | None = None
+    # The encoders' arithmetic: fp32 | bf16 | fp16 (autocast; meant for CUDA). Part of the
+    # FeatureSpec (the features differ slightly). None: the spec's default (fp32).
+    precision: str | None = None
+    # Node labels the decode tasks / encoder actors need (e.g. decode on CPU nodes,
+    # encoders on GPU nodes); empty: any node.
+    decode_labels: Labels = field(default_factory=dict)
+    encoder_labels: Labels = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _one_of("features.precision", self.precision, (None, *PRECISIONS))
 
 
 @dataclass(frozen=True)
@@ -130,7 +188,7 @@ class TrainConfig:
     # last epoch); 60 epochs at 3e-3 with a 3-epoch warm-up and a cosine decay converge and
     # end at a low learning rate, so the best-on-validation epoch is not a noisy peak.
     epochs: int = 60
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: N training workers take batch_size / N each
     lr: float = 3e-3
     weight_decay: float = 0.05  # AdamW; 1e-4 was weaker on small data (0.77 vs 0.82)
     smoothing_weight: float = 0.15
@@ -139,6 +197,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     # torch threads per training worker: None = Ray's default (its CPUs), 0 = every core
     threads_per_worker: int | None = None
+    worker_labels: Labels = field(default_factory=dict)  # node labels training workers need
     # Each worker keeps its shard in memory after the first epoch (up to this many MB per
     # split; 0 streams every epoch through Ray Data).
     cache_mb: float = 1024.0
@@ -238,6 +297,10 @@ class ServeConfig:
     classifier_max_replicas: int = 2
     classifier_max_batch_size: int = 16  # clips per Classifier batch
     ingress_max_replicas: int = 2
+    # Node labels the Encoder / Classifier replicas need; empty: any node. (HTTP proxies
+    # run on every node, the Ingress anywhere.)
+    encoder_labels: Labels = field(default_factory=dict)
+    classifier_labels: Labels = field(default_factory=dict)
     fit_resources: bool = True  # cap replica ceilings to the cluster's CPUs/GPUs at deploy
 
     def __post_init__(self) -> None:
@@ -297,6 +360,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return _from_dict(tp, value, where)
+    if tp == Labels:
+        return parse_labels(value, where)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -111,6 +111,74 @@ def ray_session(num_cpus: int | None = None, quiet: bool = True) -> Iterator[Non
             ray.shutdown()
 
 
+def label_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` satisfies a Ray label ``selector`` (values ``v``,
+    ``!v``, ``in(a,b)``, ``!in(a,b)``), as Ray's scheduler reads it."""
+    for key, want in selector.items():
+        have = labels.get(key)
+        negate = want.startswith("!")
+        want = want[1:] if negate else want
+        if want.startswith("in(") and want.endswith(")"):
+            allowed = {v.strip() for v in want[3:-1].split(",")}
+        else:
+            allowed = {want}
+        if (have in allowed) == negate:
+            return False
+    return True
+
+
+def unplaceable(
+    selector: dict[str, str] | None, resources: dict[str, float], nodes: list[dict] | None = None
+) -> str | None:
+    """Why no node of the running cluster can take work that needs ``resources`` on nodes
+    with the labels ``selector`` (None when one can, or when Ray is not initialised).
+    ``nodes``: ``ray.nodes()``. An autoscaling cluster may still add such a node, so callers
+    warn rather than refuse."""
+    if nodes is None:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        nodes = ray.nodes()
+    live = [n for n in nodes if n.get("Alive", True)]
+    labelled = [n for n in live if label_matches(selector or {}, n.get("Labels") or {})]
+    if not labelled:
+        have = sorted(
+            {
+                f"{k}={v}"
+                for n in live
+                for k, v in (n.get("Labels") or {}).items()
+                if not k.startswith("ray.io/")
+            }
+        )
+        return (
+            f"no node has the labels {format_labels(selector or {})} "
+            f"(labels in the cluster: {', '.join(have) or 'none'})"
+        )
+    for n in labelled:
+        total = n.get("Resources", {})
+        if all(float(total.get(k, 0.0)) + 1e-9 >= v for k, v in resources.items() if v):
+            return None
+    want = ", ".join(f"{v:g} {k}" for k, v in resources.items() if v)
+    where = f"with the labels {format_labels(selector)}" if selector else "in the cluster"
+    return f"no node {where} has {want}"
+
+
+def warn_if_unplaceable(
+    what: str, selector: dict[str, str] | None, resources: dict[str, float]
+) -> None:
+    """Say (one line) that ``what`` will wait until a node that fits joins the cluster."""
+    why = unplaceable(selector, resources)
+    if why:
+        from glue import console
+
+        console.say(f"avarnet: warning: {what} wait until a node that fits joins: {why}")
+
+
+def format_labels(selector: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector.items()) or "(any)"
+
+
 def remove_placement_groups(pg_ids: list[str]) -> None:
     """Remove placement groups by their hex ids (``ray.util.placement_group_table`` keys)."""
     from ray.util import remove_placement_group

@@ -30,6 +30,7 @@ import numpy as np
 from avarnet.config import Config, config_to_dict
 from avarnet.features import table as ft
 from avarnet.features.spec import FeatureSpec
+from glue.runtime import warn_if_unplaceable
 
 __all__ = [
     "TrainingDataError",
@@ -229,12 +230,15 @@ def train_loop_per_worker(config: dict) -> None:
     train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
     val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
     hook = config.get("epoch_hook")
+    # train.batch_size is the global batch: N workers take 1/N of it each, so a step sees
+    # as many clips (and the learning rate means the same) whatever the number of workers.
+    per_worker_batch = max(1, recipe.batch_size // ctx.get_world_size())
     for epoch in range(start_epoch, recipe.epochs):
         if hook is not None:
             hook(epoch)
         metrics = T.run_epoch(
             model,
-            train_data.batches(recipe.batch_size, seed=recipe.seed + epoch),
+            train_data.batches(per_worker_batch, seed=recipe.seed + epoch),
             val_data.batches(recipe.batch_size, seed=0, shuffle=False),
             optim,
             recipe,
@@ -445,11 +449,15 @@ def build_trainer(
     resources = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
+    warn_if_unplaceable("training workers", cfg.train.worker_labels, resources)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            label_selector=dict(cfg.train.worker_labels) or None,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

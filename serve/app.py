@@ -134,6 +134,12 @@ def check_encodable(ref: ModelRef) -> None:
         raise ConfigError(f"cannot serve {ref.uri}: {problem}")
 
 
+def _actor_options(labels: dict[str, str], **resources: float) -> dict[str, Any]:
+    """A replica's ``ray_actor_options``: its resources and, when given, the node labels
+    it needs."""
+    return {**resources, **({"label_selector": dict(labels)} if labels else {})}
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The scoring application. ``args``: see :class:`AppArgs`."""
     a = fit_resources(AppArgs.from_dict(dict(args or {})))
@@ -141,7 +147,9 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     check_encodable(ref)
     limits = asdict(a.limits())
     encoder = Encoder.options(
-        ray_actor_options={"num_cpus": a.encoder_cpus, "num_gpus": a.encoder_gpus},
+        ray_actor_options=_actor_options(
+            a.encoder_labels, num_cpus=a.encoder_cpus, num_gpus=a.encoder_gpus
+        ),
         max_ongoing_requests=max(8, 2 * a.max_batch_size),
         autoscaling_config={
             "min_replicas": a.encoder_min_replicas,
@@ -158,7 +166,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         limits=limits,
     )
     classifier = Classifier.options(
-        ray_actor_options={"num_cpus": a.classifier_cpus},
+        ray_actor_options=_actor_options(a.classifier_labels, num_cpus=a.classifier_cpus),
         max_ongoing_requests=CLASSIFIER_MAX_ONGOING,
         autoscaling_config={
             "min_replicas": 1,

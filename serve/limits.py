@@ -66,17 +66,30 @@ def fit_resources(a: "AppArgs", nodes: list[dict[str, Any]] | None = None) -> "A
         nodes = ray.nodes() if ray.is_initialized() else None
     if not a.fit_resources:
         nodes = None
-    alive = [n.get("Resources", {}) for n in (nodes or []) if n.get("Alive", True)]
+    from glue.runtime import label_matches, unplaceable
+
+    live = [n for n in (nodes or []) if n.get("Alive", True)]
+    everywhere = sum(float(n.get("Resources", {}).get("CPU", 0.0)) for n in live)
+    # Only the nodes the Encoder's labels allow can hold Encoder replicas.
+    alive = [
+        n.get("Resources", {})
+        for n in live
+        if label_matches(a.encoder_labels, n.get("Labels") or {})
+    ]
     cpus = [float(r.get("CPU", 0.0)) for r in alive]
     small = bool(cpus) and max(cpus) < 4
     encoder_cpus = a.encoder_cpus or (0.5 if small else 1.0)
     classifier_cpus = a.classifier_cpus or (0.2 if small else 0.5)
     out = dataclasses.replace(a, encoder_cpus=encoder_cpus, classifier_cpus=classifier_cpus)
+    why = unplaceable(a.encoder_labels, {"CPU": encoder_cpus, "GPU": a.encoder_gpus}, live)
+    if live and why:
+        logger.warning("avarnet: Encoder replicas wait until a node that fits joins: %s", why)
     if not cpus:
         return out
-    # What the other deployments may take at their ceilings.
+    # What the other deployments may take at their ceilings (on the Encoder's nodes, at
+    # worst).
     others = a.ingress_max_replicas * INGRESS_CPUS + a.classifier_max_replicas * classifier_cpus
-    fit = int((sum(cpus) - others) / encoder_cpus + 1e-9)
+    fit = int((min(sum(cpus), everywhere - others)) / encoder_cpus + 1e-9)
     if a.encoder_gpus > 0:
         gpus = sum(float(r.get("GPU", 0.0)) for r in alive)
         fit = min(fit, int(gpus / a.encoder_gpus + 1e-9))

@@ -106,6 +106,33 @@ def tiny_features(ray_session, bench_rows, tiny_spec, tmp_path_factory) -> Path:
     return out
 
 
+# The multi-node test cluster: a head that runs no work (as on a real cluster) and two
+# worker nodes of one CPU each, one for decoding and one for compute (encoders, training,
+# Serve replicas), told apart by their labels.
+DECODE_POOL = {"avarnet.io/pool": "decode"}
+COMPUTE_POOL = {"avarnet.io/pool": "compute"}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real multi-node Ray cluster on this machine (`ray start --head` + two `ray start
+    --address=...`, token auth on), started once for the session and shared by the Ray-job
+    and multi-node tests; only its own processes are stopped at the end."""
+    from workflows.local_cluster import cluster
+
+    # `ray job stop` SIGKILLs a driver 3 s after its SIGTERM by default; the runs are
+    # marked KILLED at once either way, but the tests also read the driver's last line.
+    with cluster(
+        workers=[
+            {"name": "cpu1", "num_cpus": 1, "labels": DECODE_POOL},
+            {"name": "cpu2", "num_cpus": 1, "labels": COMPUTE_POOL},
+        ],
+        head_cpus=0,
+        env={"RAY_JOB_STOP_WAIT_TIME_S": "60"},
+    ) as c:
+        yield c
+
+
 @pytest.fixture
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -120,7 +147,14 @@ def pytest_configure(config):
 
 # Fixtures that start Ray (or need it running): a test using any of them is an
 # integration test, whatever module it is in.
-_RAY_FIXTURES = {"ray_session", "tiny_features", "trained", "service", "registered_model"}
+_RAY_FIXTURES = {
+    "ray_session",
+    "ray_cluster",
+    "tiny_features",
+    "trained",
+    "service",
+    "registered_model",
+}
 
 
 def pytest_collection_modifyitems(config, items):

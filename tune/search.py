@@ -133,14 +133,15 @@ def _trial(config: dict[str, Any]) -> None:
 
     quiet_driver()  # the trial's own Ray Data reads and Train reports: warnings only
     sampled = _sampled(config)
-    cfg = apply_overrides(config_from_dict(config["base_config"]), _overrides(sampled))
+    base = json.loads(config["base_config"])
+    cfg = apply_overrides(config_from_dict(base), _overrides(sampled))
     trial_id = ray.tune.get_context().get_trial_id()
     uri = config["tracking_uri"]
     run = tracking.trial_run(
         uri, cfg.tracking.experiment, config["parent_run_id"], trial_id, f"trial-{trial_id}"
     )
     run.log_params(sampled or {"baseline": "the configuration as given"})
-    if cfg.train.workers <= 1:
+    if trains_in_trial(cfg):
         _fit_in_trial(cfg, config, trial_id, run)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -160,6 +161,13 @@ def _trial(config: dict[str, Any]) -> None:
     result = trainer.fit()  # ASHA may stop the trial here; the driver closes its run
     if result.error is not None:
         raise result.error
+
+
+def trains_in_trial(cfg: Config) -> bool:
+    """Whether a trial trains in its own process (one worker, no node labels: Tune's trial
+    resources cannot carry a label selector) instead of through a TorchTrainer whose
+    workers are placed as ``train.*`` says."""
+    return cfg.train.workers <= 1 and not cfg.train.worker_labels
 
 
 def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> None:
@@ -381,7 +389,9 @@ class _Search:
     def _common(self) -> dict[str, Any]:
         """What every trial's config carries besides the sampled values."""
         return {
-            "base_config": config_to_dict(self.cfg),
+            # As JSON: Tune flattens nested param spaces with "/" as the delimiter, which
+            # label keys (avarnet.io/pool) contain.
+            "base_config": json.dumps(config_to_dict(self.cfg)),
             "features_dir": str(self.features_dir),
             "data_facts": self.facts.to_dict(),  # checked once here, not in every trial
             "tracking_uri": self.tracking_uri,
@@ -396,7 +406,7 @@ class _Search:
         from ray.tune.search.optuna import OptunaSearch
 
         t = self.cfg.tune
-        in_process = self.cfg.train.workers <= 1
+        in_process = trains_in_trial(self.cfg)
         resources = {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}
         if not in_process:  # the trial's TorchTrainer reserves its workers' resources
             resources = {"CPU": 0.01}

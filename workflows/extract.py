@@ -47,6 +47,7 @@ def spec_from_config(cfg: Config) -> FeatureSpec:
             "segment_frames": f.segment_frames,
             "frames_per_segment": f.frames_per_segment,
             "chunk_segments": f.chunk_segments,
+            "precision": f.precision,
         }.items()
         if v is not None
     }
@@ -78,6 +79,8 @@ def extract_with_config(
         clips_per_task=f.clips_per_task,
         threads_per_worker=f.threads_per_worker,
         batch_size=f.batch_size,
+        decode_labels=f.decode_labels,
+        encoder_labels=f.encoder_labels,
         progress=progress,
         logger=logger,
         retry_failed=retry_failed,
@@ -275,13 +278,16 @@ class Assembler:
         self.pending: dict[str, dict[int, dict]] = {}
         self.errors: list[dict] = []
         self.failed: set[str] = set()
+        # Clips handed on already: a chunk that arrives again (its task re-ran after a
+        # lost node or actor) must not write its clip twice.
+        self.done: set[str] = set()
         self.ok = 0
         self.clip_seconds = 0.0
 
     def add(self, item: dict) -> bool:
         """Add one chunk result; True when a clip finished (ok or failed)."""
         vid = str(item["video_id"])
-        if vid in self.failed:
+        if vid in self.failed or vid in self.done:
             return False
         if item["error"]:
             self.failed.add(vid)
@@ -301,6 +307,7 @@ class Assembler:
         if len(parts) < int(item["n_chunks"]):
             return False
         del self.pending[vid]
+        self.done.add(vid)
         ordered = [parts[i] for i in range(len(parts))]
         row = dict(self.rows_by_id[vid])
         audio = np.concatenate([np.asarray(p["audio_feat"], np.float32) for p in ordered])
@@ -403,18 +410,33 @@ def encoded_chunks(
     clips_per_task: int = 1,
     batch_size: int = 4,
     threads_per_worker: int | None = None,
+    decode_labels: dict[str, str] | None = None,
+    encoder_labels: dict[str, str] | None = None,
 ):
     """The Ray Data pipeline shared by extraction and batch scoring: manifest rows ->
     decode tasks (CPUs; chunk by chunk, bounded memory) -> encoder actors (GPUs when
     given) -> one row per chunk with its features, or an error row. Lazy: nothing runs
-    until it is iterated (:class:`Assembler` joins a clip's chunks)."""
+    until it is iterated (:class:`Assembler` joins a clip's chunks).
+
+    ``decode_labels`` / ``encoder_labels``: Ray node labels the decode tasks / encoder
+    actors need (``{"avarnet.io/pool": "gpu"}``); empty or None: any node."""
     import ray
 
+    from glue.runtime import warn_if_unplaceable
+
+    warn_if_unplaceable("decode tasks", decode_labels, {"CPU": decode_cpus})
+    warn_if_unplaceable(
+        "encoder actors", encoder_labels, {"CPU": encoder_cpus, "GPU": gpus_per_worker}
+    )
     opts = spec.decode_options()  # chunked as the spec says (the audio context)
     items = [{"video_id": r["video_id"], "path": r["path"]} for r in rows]
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
     ds = ds.flat_map(
-        decode_row, fn_kwargs={"opts": opts}, num_cpus=decode_cpus, concurrency=decode_workers
+        decode_row,
+        fn_kwargs={"opts": opts},
+        num_cpus=decode_cpus,
+        concurrency=decode_workers,
+        label_selector=dict(decode_labels) if decode_labels else None,
     )
     return ds.map_batches(
         ChunkEncoder,
@@ -424,6 +446,7 @@ def encoded_chunks(
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_gpus=gpus_per_worker,
         num_cpus=encoder_cpus,
+        label_selector=dict(encoder_labels) if encoder_labels else None,
     )
 
 
@@ -441,6 +464,8 @@ def run_extract(
     batch_size: int = 4,
     flush_clips: int = 64,
     threads_per_worker: int | None = None,
+    decode_labels: dict[str, str] | None = None,
+    encoder_labels: dict[str, str] | None = None,
     progress: bool = True,
     logger: Any = None,
     retry_failed: bool = False,
@@ -478,6 +503,8 @@ def run_extract(
             clips_per_task=clips_per_task,
             batch_size=batch_size,
             threads_per_worker=threads_per_worker,
+            decode_labels=decode_labels,
+            encoder_labels=encoder_labels,
         )
         bar = console.progress_bar(len(plan.todo), "extract", "clip", disable=not progress)
         try:

@@ -56,6 +56,20 @@ _DEPENDS = {
     "serve": ("data", "synth", "features", "model", "train", "tune", "serve"),
 }
 _ALWAYS = {"serve"}  # live state: redeployed on every run
+# Where and with how many CPUs or threads work runs: no stage's output depends on these, so
+# moving a finished run to other nodes (or giving it more cores) redoes nothing.
+_PLACEMENT_ONLY = {
+    "features": (
+        "decode_labels",
+        "encoder_labels",
+        "encoder_cpus",
+        "decode_cpus",
+        "decode_workers",
+        "threads_per_worker",
+        "clips_per_task",
+    ),
+    "train": ("worker_labels", "cpus_per_worker", "threads_per_worker", "cache_mb"),
+}
 
 
 @dataclass
@@ -71,6 +85,9 @@ class StageResult:
 def _stage_hash(cfg: Config, stage: str) -> str:
     full = config_to_dict(cfg)
     part = {k: full[k] for k in _DEPENDS[stage]}
+    for section, keys in _PLACEMENT_ONLY.items():
+        if section in part:
+            part[section] = {k: v for k, v in part[section].items() if k not in keys}
     part["output_dir"] = str(Path(cfg.output_dir).resolve())
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -361,6 +361,8 @@ def run_predict(
     gpus_per_worker: float = 0.0,
     encoder_cpus: float = 1.0,
     decode_cpus: float = 1.0,
+    decode_labels: dict[str, str] | None = None,
+    encoder_labels: dict[str, str] | None = None,
     batch_clips: int = 16,
     progress: bool = True,
     logger: Any = None,
@@ -383,6 +385,8 @@ def run_predict(
             "gpus_per_worker": gpus_per_worker,
             "encoder_cpus": encoder_cpus,
             "decode_cpus": decode_cpus,
+            "decode_labels": decode_labels,
+            "encoder_labels": encoder_labels,
         }
         startup_s = _score(plan.todo, predictor.spec, asm, scorer, t0, progress, pipeline)
     errors = plan.failed_before + asm.errors

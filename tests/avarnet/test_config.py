@@ -68,3 +68,22 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = apply_overrides(Config(), ["train.epochs=7", "features.preset=paper"])
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
+
+
+def test_node_labels_from_yaml_mappings_and_command_line_pairs():
+    cfg = load_config(
+        None,
+        [
+            "features.decode_labels=avarnet.io/pool=cpu",
+            "features.encoder_labels={avarnet.io/pool: gpu, zone: 'in(a,b)'}",
+            "train.worker_labels=avarnet.io/pool=gpu,zone=in(a,b)",
+        ],
+    )
+    assert cfg.features.decode_labels == {"avarnet.io/pool": "cpu"}
+    assert cfg.features.encoder_labels == {"avarnet.io/pool": "gpu", "zone": "in(a,b)"}
+    assert cfg.train.worker_labels == {"avarnet.io/pool": "gpu", "zone": "in(a,b)"}
+    assert load_config(None).serve.encoder_labels == {}  # default: any node
+    with pytest.raises(ConfigError, match=r"features.decode_labels: 'cpu' is not of the form"):
+        load_config(None, ["features.decode_labels=cpu"])
+    with pytest.raises(ConfigError, match=r"train.worker_labels: expected label: value"):
+        load_config(None, ["train.worker_labels={pool: null}"])

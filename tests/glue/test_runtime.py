@@ -42,3 +42,39 @@ def test_relative_paths_are_refused_only_inside_a_job(monkeypatch):
     check_durable_path("/mnt/shared/run", "output_dir")
     with pytest.raises(ConfigError, match=r"output_dir='runs/demo' is relative.*absolute path"):
         check_durable_path("runs/demo", "output_dir")
+
+
+def test_label_selectors_read_as_rays_scheduler_reads_them():
+    from glue.runtime import label_matches
+
+    node = {"avarnet.io/pool": "gpu", "zone": "b"}
+    assert label_matches({}, node)
+    assert label_matches({"avarnet.io/pool": "gpu"}, node)
+    assert not label_matches({"avarnet.io/pool": "cpu"}, node)
+    assert label_matches({"avarnet.io/pool": "!cpu"}, node)
+    assert label_matches({"zone": "in(a,b)"}, node) and not label_matches(
+        {"zone": "!in(a,b)"}, node
+    )
+    assert not label_matches({"rack": "r1"}, node)  # a label the node lacks
+    assert label_matches({"rack": "!r1"}, node)
+
+
+def test_work_no_node_can_take_is_named_with_the_labels_there_are():
+    from glue.runtime import unplaceable
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 1.0}, "Labels": {"avarnet.io/pool": "decode"}},
+        {
+            "Alive": False,
+            "Resources": {"CPU": 8.0, "GPU": 1.0},
+            "Labels": {"avarnet.io/pool": "gpu"},
+        },
+    ]
+    assert unplaceable({"avarnet.io/pool": "decode"}, {"CPU": 1.0}, nodes) is None
+    assert unplaceable(None, {"CPU": 1.0}, nodes) is None
+    why = unplaceable({"avarnet.io/pool": "gpu"}, {"CPU": 1.0}, nodes)  # its node is dead
+    assert why == (
+        "no node has the labels avarnet.io/pool=gpu (labels in the cluster: avarnet.io/pool=decode)"
+    )
+    why = unplaceable({"avarnet.io/pool": "decode"}, {"CPU": 1.0, "GPU": 1.0}, nodes)
+    assert why == "no node with the labels avarnet.io/pool=decode has 1 CPU, 1 GPU"

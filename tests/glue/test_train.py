@@ -145,12 +145,14 @@ def test_in_process_training_logs_everything_to_mlflow(trained, tiny_features):
     assert mv.run_id == res["run_id"]
 
 
-def test_registered_model_predicts_like_the_artifact(trained, tiny_features):
+def test_registered_model_predicts_like_the_artifact(trained, tiny_features, tmp_path):
     from glue.tracking import download_model
 
     cfg, uri, res = trained
     local = Predictor.from_dir(res["artifact_dir"])
-    remote = Predictor.load(res["model_uri"], resolver=lambda u: download_model(u, uri))
+    remote = Predictor.load(
+        res["model_uri"], resolver=lambda u: download_model(u, uri, dst=tmp_path / "dl")
+    )
     fs = ft.read_features(tiny_features, splits=["test"])
     a = local.predict(fs.audio, fs.visual, fs.has_audio)
     b = remote.predict(fs.audio, fs.visual, fs.has_audio)
@@ -162,15 +164,6 @@ def test_registered_model_predicts_like_the_artifact(trained, tiny_features):
     assert remote.labels == local.labels and remote.spec == fs.spec
     desc = json.loads((Path(res["artifact_dir"]) / "model.json").read_text())
     assert desc["feature_spec"]["audio_dim"] == fs.spec.audio_dim
-
-
-def test_two_worker_ddp_training(ray_session, tiny_features, tmp_path):
-    cfg = _cfg(tmp_path, "train.workers=2", "train.epochs=2")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = run_training(cfg, tiny_features, tracking_uri=uri, register=False)
-    assert 0.0 <= res["accuracy"] <= 1.0
-    history = MlflowClient(uri).get_metric_history(res["run_id"], "train_loss")
-    assert sorted(m.step for m in history) == [0, 1]  # rank 0 logs once per epoch
 
 
 class KillOnce:

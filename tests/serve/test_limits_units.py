@@ -107,3 +107,31 @@ def test_score_client_says_nothing_answers_on_a_closed_port(tmp_path):
     message = str(info.value)
     assert info.value.status == 0 and "nothing answers there" in message
     assert "Max retries" not in message and "urllib3" not in message
+
+
+def test_encoder_replicas_fit_the_nodes_their_labels_allow():
+    gpu_pool = {"avarnet.io/pool": "gpu"}
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 16.0}, "Labels": {"avarnet.io/pool": "cpu"}},
+        {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}, "Labels": gpu_pool},
+    ]
+    # 20 CPUs in all, but Encoders may only use the GPU node's 4 (and its 2 GPUs).
+    a = fit_resources(AppArgs(encoder_max_replicas=8, encoder_labels=gpu_pool), nodes)
+    assert a.encoder_max_replicas == 4
+    g = fit_resources(
+        AppArgs(encoder_max_replicas=8, encoder_gpus=1.0, encoder_labels=gpu_pool), nodes
+    )
+    assert g.encoder_max_replicas == 2
+    # No such node (yet): nothing is capped, the deploy says why replicas wait.
+    none = fit_resources(
+        AppArgs(encoder_max_replicas=8, encoder_labels={"avarnet.io/pool": "tpu"}), nodes
+    )
+    assert none.encoder_max_replicas == 8
+
+
+def test_replica_labels_from_serve_run_strings_and_yaml():
+    a = AppArgs.from_dict({"encoder_labels": "avarnet.io/pool=gpu,zone=in(a,b)"})
+    assert a.encoder_labels == {"avarnet.io/pool": "gpu", "zone": "in(a,b)"}
+    assert AppArgs.from_dict({"classifier_labels": {"k": "v"}}).classifier_labels == {"k": "v"}
+    with pytest.raises(ValueError, match="serve.encoder_labels: 'gpu' is not of the form"):
+        AppArgs.from_dict({"encoder_labels": "gpu"})

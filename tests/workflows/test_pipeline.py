@@ -39,6 +39,12 @@ def _hashes(cfg) -> dict[str, str]:
         ("train.epochs=2", {"train", "tune", "serve"}),
         ("tune.trials=9", {"tune", "serve"}),
         ("serve.port=8123", {"serve"}),
+        # where work runs, and on how many cores, changes no stage's output
+        ("features.encoder_labels=avarnet.io/pool=gpu", set()),
+        ("features.decode_cpus=0.5", set()),
+        ("train.worker_labels={avarnet.io/pool: gpu}", set()),
+        ("train.cpus_per_worker=2", set()),
+        ("serve.encoder_labels=avarnet.io/pool=gpu", {"serve"}),
     ],
 )
 def test_a_stage_hash_changes_only_with_its_config_sections(tmp_path, override, changed):

@@ -1,5 +1,7 @@
-"""The pipeline as a Ray job against a real head node (`ray start --head`, token
-authentication on), exactly as the README tells a user to submit it."""
+"""The pipeline as a Ray job on a real multi-node cluster (the session's ``ray_cluster``:
+`ray start --head` + two worker nodes, token authentication on), exactly as the README
+tells a user to submit it, with decoding pinned to one node's label and the compute
+(encoders, training, Serve replicas) to the other's."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import requests
 import yaml
 
 from workflows.local_cluster import BIN
-from workflows.local_cluster import head_node as start_head_node
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +34,20 @@ DEMO_JOB = (
 )
 
 
-@pytest.fixture(scope="module")
-def head_node():
-    """A Ray head node of our own (its own ports, temp dir and token), shared by this
-    module's tests; stopped by stopping what it started, never a machine-wide `ray stop`."""
-    # `ray job stop` SIGKILLs a driver 3 s after its SIGTERM by default; the runs are
-    # marked KILLED at once either way, but the test also reads the driver's last line.
-    with start_head_node(num_cpus=2, env={"RAY_JOB_STOP_WAIT_TIME_S": "60"}) as node:
-        yield node
+@pytest.fixture
+def head_node(ray_cluster):
+    """The session's cluster, through its head node's job API."""
+    return ray_cluster
+
+
+# Where the pipeline's work runs (the cluster's labels, tests/conftest.py).
+PLACED = (
+    "features.decode_labels=avarnet.io/pool=decode",
+    "features.encoder_labels=avarnet.io/pool=compute",
+    "train.worker_labels=avarnet.io/pool=compute",
+    "serve.encoder_labels=avarnet.io/pool=compute",
+    "serve.classifier_labels=avarnet.io/pool=compute",
+)
 
 
 def _job_id(res) -> str:
@@ -153,6 +160,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
         "tune.grace_period=1",
         f"serve.port={head_node.serve_port}",
         "serve.encoder_cpus=0.5",
+        *PLACED,
     ]
     # 1. Stopped with `ray job stop` (SIGTERM to the driver) during extraction.
     first = head_node.ray("job", "submit", "--no-wait", *job, cwd=ROOT)
@@ -187,7 +195,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     t0 = time.monotonic()
     submit = head_node.ray("job", "submit", *job, cwd=ROOT)
     wall = time.monotonic() - t0
-    assert submit.returncode == 0, (submit.stdout[-4000:], submit.stderr[-2000:])
+    assert submit.returncode == 0, head_node.ray("job", "logs", _job_id(submit)).stdout[-5000:]
     assert head_node.job_status(_job_id(submit)) == "SUCCEEDED"
     print(f"ray job (resumed after data): {wall:.0f} s")
     # The job's log holds the operator's lines (stages, bars, summary), not Ray's.
@@ -196,6 +204,23 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     for noise in ("Traceback", "core_worker", "Deprecat", "(raylet)"):
         assert noise not in logs, logs[-3000:]
     assert (out / "stages" / "data.json").stat().st_mtime_ns == marked["data.json"]
+    # Where the work ran, from Ray's own records of the job.
+    job = _job_id(submit)
+    placed = {
+        "decode tasks": head_node.placement("tasks", "decode_row", job),
+        "encoder actors": head_node.placement("actors", "ChunkEncoder", job),
+        "training workers": head_node.placement("actors", "RayTrainWorker", job),
+    }
+    print(f"placement (records per node): {placed}")
+    assert set(placed["decode tasks"]) == {"cpu1"}, placed
+    assert set(placed["encoder actors"]) == {"cpu2"}, placed
+    assert set(placed["training workers"]) == {"cpu2"}, placed  # train and tune trials
+    replicas = {
+        kind: head_node.placement("actors", f"ServeReplica:avarnet:{kind}")
+        for kind in ("Encoder", "Classifier")
+    }
+    print(f"Serve replicas per node: {replicas}")
+    assert set(replicas["Encoder"]) == set(replicas["Classifier"]) == {"cpu2"}, replicas
 
     runs = client.search_runs([exp.experiment_id], max_results=200)
     parents = [r for r in runs if r.data.tags.get("avarnet.stage") == "pipeline"]
@@ -208,9 +233,19 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     serve_marker = json.loads((out / "stages" / "serve.json").read_text())
     assert serve_marker["label"] and serve_marker["url"].endswith(str(head_node.serve_port))
 
-    # The service the job deployed stays up on the cluster after the job.
+    # The service the job deployed stays up on the cluster after the job, with an HTTP
+    # proxy on every node: a clip is scored through the decode node's own proxy, which
+    # holds no Encoder or Classifier replica.
     r = requests.get(f"{serve_marker['url']}/v1/health", timeout=30)
     assert r.status_code == 200 and r.json()["model"]["name"] == "avarnet"
+    other = f"http://127.0.0.1:{head_node.node('cpu1').serve_port}"
+    _wait_healthy(other)
+    with open(serve_marker["clip"], "rb") as f:
+        via_cpu1 = requests.post(f"{other}/v1/score", files={"file": f}, timeout=120)
+    assert via_cpu1.status_code == 200, via_cpu1.text
+    assert via_cpu1.json()["label"] == serve_marker["label"]
+    proxies = head_node.placement("actors", "ProxyActor")
+    assert {"head", "cpu1", "cpu2"} <= set(proxies), proxies
 
     # ... until an operator removes it, as the README says.
     _serve_cli(["shutdown", "--address", address, "--yes"], env)
@@ -225,18 +260,23 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     _serve_cli(["deploy", str(config), "--address", address], env)
     url = serve_marker["url"]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/v1/health", timeout=5).status_code == 200:
-                break
-        time.sleep(1)
+    _wait_healthy(url)
     clip = serve_marker["clip"]
     with open(clip, "rb") as f:
         scored = requests.post(f"{url}/v1/score", files={"file": f}, timeout=120)
     assert scored.status_code == 200, scored.text
     assert scored.json()["model"]["uri"] == "models:/avarnet@champion"
     _serve_cli(["shutdown", "--address", address, "--yes"], env)
+
+
+def _wait_healthy(url: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise AssertionError(f"{url}/v1/health did not answer 200 in {timeout:.0f} s")
 
 
 def _serve_cli(args: list[str], env: dict) -> None:

@@ -54,6 +54,32 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Where each kind of work runs (Ray node labels, see the README's cluster section):
+# flag -> (config key, what runs there).
+PLACEMENT = {
+    "decode": ("features.decode_labels", "decode tasks"),
+    "encode": ("features.encoder_labels", "feature-encoder actors"),
+    "train": ("train.worker_labels", "training workers"),
+    "encoder": ("serve.encoder_labels", "Serve Encoder replicas"),
+    "classifier": ("serve.classifier_labels", "Serve Classifier replicas"),
+}
+
+
+def add_placement_args(p: argparse.ArgumentParser, *kinds: str) -> tuple[tuple[str, str], ...]:
+    """``--decode-on``, ``--encode-on``, ... for ``kinds``; returns the (dest, config key)
+    pairs for :func:`flag_overrides`."""
+    pairs = []
+    for kind in kinds:
+        key, what = PLACEMENT[kind]
+        p.add_argument(
+            f"--{kind}-on",
+            metavar="LABEL=VALUE[,...]",
+            help=f"run {what} only on Ray nodes with these labels ({key}; default: any node)",
+        )
+        pairs.append((f"{kind}_on", key))
+    return tuple(pairs)
+
+
 def load_cfg(args: argparse.Namespace, extra: list[str]):
     from avarnet.config import load_config
 

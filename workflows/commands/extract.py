@@ -8,6 +8,7 @@ from glue import console
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
+    add_placement_args,
     beside,
     emit,
     flag_overrides,
@@ -45,8 +46,9 @@ def add(sub: SubParsers) -> None:
         help="retry clips that failed before even when their file has not changed",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    placement = add_placement_args(p, "decode", "encode")
     add_config_args(p)
-    p.set_defaults(func=_run_extract, log_dir=lambda a: beside(a.out))
+    p.set_defaults(func=_run_extract, log_dir=lambda a: beside(a.out), placement=placement)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
@@ -64,6 +66,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             ("preset", "features.preset"),
             ("workers", "features.workers"),
             ("gpus_per_worker", "features.gpus_per_worker"),
+            *args.placement,
         ),
     )
     cfg = load_cfg(args, extra)

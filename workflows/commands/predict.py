@@ -6,7 +6,14 @@ import argparse
 
 from glue import console
 from glue.errors import CliError
-from workflows.commands._common import SubParsers, emit, load_cfg, tracking_uri_for
+from workflows.commands._common import (
+    SubParsers,
+    add_placement_args,
+    emit,
+    flag_overrides,
+    load_cfg,
+    tracking_uri_for,
+)
 
 
 def add(sub: SubParsers) -> None:
@@ -52,7 +59,10 @@ def add(sub: SubParsers) -> None:
     p.add_argument(
         "--json", action="store_true", help="print a JSON summary (one file: its answer)"
     )
-    p.set_defaults(func=_run_predict, log_dir=lambda a: _predict_out(a) / "logs")
+    placement = add_placement_args(p, "decode", "encode")
+    p.set_defaults(
+        func=_run_predict, log_dir=lambda a: _predict_out(a) / "logs", placement=placement
+    )
 
 
 def _predict_out(args: argparse.Namespace):
@@ -75,7 +85,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     from glue.runtime import ray_session
     from workflows import predict
 
-    cfg = load_cfg(argparse.Namespace(config=args.config, overrides=[]), [])
+    cfg = load_cfg(
+        argparse.Namespace(config=args.config, overrides=[]),
+        flag_overrides(args, args.placement),
+    )
     _check_args(args)
     out = _predict_out(args)
     rows = predict.gather_inputs(args.inputs)
@@ -110,6 +123,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             gpus_per_worker=gpus,
             encoder_cpus=cfg.features.encoder_cpus,
             decode_cpus=cfg.features.decode_cpus,
+            decode_labels=cfg.features.decode_labels,
+            encoder_labels=cfg.features.encoder_labels,
             progress=not args.json,
             logger=run,
         )

@@ -9,6 +9,7 @@ from glue.errors import CliError
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
+    add_placement_args,
     config_log_dir,
     emit,
     flag_overrides,
@@ -53,9 +54,10 @@ def add(sub: SubParsers) -> None:
         type=float,
         help=f"GPUs per encoder replica (serve.encoder_gpus, default {d.encoder_gpus:g})",
     )
+    placement = add_placement_args(p, "encoder", "classifier")
     add_config_args(p)
     p.epilog = "Every serve.* setting (avarnet/config.py, ServeConfig) is a key=value override."
-    p.set_defaults(func=_run_serve, log_dir=config_log_dir)
+    p.set_defaults(func=_run_serve, log_dir=config_log_dir, placement=placement)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -76,6 +78,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 ("max_upload_mb", "serve.max_upload_mb"),
                 ("encoder_max_replicas", "serve.encoder_max_replicas"),
                 ("gpus_per_encoder", "serve.encoder_gpus"),
+                *args.placement,
             ),
         ),
     )

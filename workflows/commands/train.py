@@ -7,6 +7,7 @@ import argparse
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
+    add_placement_args,
     beside,
     emit,
     feature_table_config,
@@ -37,8 +38,9 @@ def add(sub: SubParsers) -> None:
         "the best on validation registered",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    placement = add_placement_args(p, "train")
     add_config_args(p)
-    p.set_defaults(func=_run_train, log_dir=lambda a: beside(a.features))
+    p.set_defaults(func=_run_train, log_dir=lambda a: beside(a.features), placement=placement)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -56,6 +58,7 @@ def _run_train(args: argparse.Namespace) -> int:
             ("workers", "train.workers"),
             ("seed", "train.seed"),
             ("seeds", "train.seeds"),
+            *args.placement,
         ),
     )
     facts = check_training_data(features)  # bad data fails here, before Ray starts

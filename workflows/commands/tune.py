@@ -7,6 +7,7 @@ import argparse
 from workflows.commands._common import (
     SubParsers,
     add_config_args,
+    add_placement_args,
     beside,
     emit,
     feature_table_config,
@@ -35,8 +36,9 @@ def add(sub: SubParsers) -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     p.add_argument("--name", default="search", help="search name; the same name resumes it")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    placement = add_placement_args(p, "train")
     add_config_args(p)
-    p.set_defaults(func=_run_tune, log_dir=lambda a: beside(a.features))
+    p.set_defaults(func=_run_tune, log_dir=lambda a: beside(a.features), placement=placement)
 
 
 def _run_tune(args: argparse.Namespace) -> int:
@@ -52,6 +54,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             ("max_concurrent", "tune.max_concurrent"),
             ("time_budget_s", "tune.time_budget_s"),
             ("epochs", "train.epochs"),
+            *args.placement,
         ),
     )
     check_search_settings(cfg)  # settings that cannot work fail here, before Ray starts

@@ -1,0 +1,189 @@
+"""On a real multi-node cluster (the session's ``ray_cluster``: a head that runs no work
+and two one-CPU worker nodes, ``cpu1`` for decoding and ``cpu2`` for compute): training
+across nodes, and extraction that survives a lost node. Where the work ran is read from
+Ray's own records (the state API), never assumed. The pipeline job with its placement
+and the Serve proxies of every node: tests/workflows/test_ray_job.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def submit(cluster, *entrypoint: str, wait: bool = True, timeout: float = 600):
+    """``ray job submit --working-dir . -- ENTRYPOINT``; returns (result, submission id)."""
+    res = cluster.ray(
+        "job",
+        "submit",
+        *(() if wait else ("--no-wait",)),
+        "--working-dir",
+        ".",
+        "--",
+        *entrypoint,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    found = re.search(r"raysubmit_\w+", res.stdout + res.stderr)
+    assert found, (res.stdout[-3000:], res.stderr[-2000:])
+    return res, found.group(0)
+
+
+def _train_job(cluster, features: Path, out: Path, uri: str, workers: int):
+    res, sid = submit(
+        cluster,
+        "python",
+        "-m",
+        "workflows.cli",
+        "train",
+        "--features",
+        str(features),
+        "--workers",
+        str(workers),
+        "--epochs",
+        "4",
+        "--seed",
+        "0",
+        "--json",
+        f"output_dir={out}",
+        f"tracking.tracking_uri={uri}",
+        "train.batch_size=8",
+        "train.warmup_epochs=1",
+    )
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-2000:])
+    return json.loads(res.stdout[res.stdout.index("{") : res.stdout.rindex("}") + 1]), sid
+
+
+def test_ddp_training_across_two_nodes_matches_one_worker(ray_cluster, tiny_features, tmp_path):
+    """`avarnet train --workers 2` as a Ray job: the two DDP workers (gloo) run on two
+    different nodes, and with the same global batch they learn what one worker learns."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    one, _ = _train_job(ray_cluster, tiny_features, tmp_path / "one", uri, workers=1)
+    two, sid = _train_job(ray_cluster, tiny_features, tmp_path / "two", uri, workers=2)
+    placed = ray_cluster.placement("actors", "RayTrainWorker", sid)
+    assert sorted(placed) == ["cpu1", "cpu2"], placed  # one worker on each node
+    client = MlflowClient(uri)
+
+    def history(run_id: str, key: str) -> list[float]:
+        points = client.get_metric_history(run_id, key)
+        return [m.value for m in sorted(points, key=lambda m: m.step)]
+
+    val_one, val_two = history(one["run_id"], "val_loss"), history(two["run_id"], "val_loss")
+    print(f"val_loss per epoch: 1 worker {val_one}; 2 workers {val_two}")
+    print(f"test accuracy: 1 worker {one['accuracy']:.3f}; 2 workers {two['accuracy']:.3f}")
+    assert len(val_one) == len(val_two) == 4
+    # Not bit-equal: the two workers see other batches (Ray Data splits the shuffled
+    # table), and each normalises its own half-batch. The loss falls alike all the same.
+    assert val_two[-1] < val_two[0] and val_one[-1] < val_one[0]
+    for a, b in zip(val_one, val_two):
+        assert abs(a - b) <= 0.05 * a, (val_one, val_two)
+    assert abs(one["accuracy"] - two["accuracy"]) <= 0.2
+
+
+def test_extraction_survives_a_lost_node(ray_cluster, bench_rows, tmp_path):
+    """A third node joins; extraction runs as a Ray job with decode tasks on cpu1 and two
+    encoder actors on the compute nodes; while clips are being encoded, one node that holds
+    an encoder actor is SIGKILLed (its raylet and every worker of it). The job finishes on
+    the nodes that are left, and every clip is in the table exactly once."""
+    import pyarrow.parquet as pq
+
+    from avarnet.data.manifest import write_manifest_csv
+    from avarnet.features import table as ft
+
+    # The benchmark's clips five times over, under other ids: enough work (200 clips) for
+    # the node to be lost while clips are still being encoded.
+    rows = [{**r, "video_id": f"{r['video_id']}-{k}"} for k in range(5) for r in bench_rows]
+    manifest = write_manifest_csv(rows, tmp_path / "manifest.csv")
+    compute = {"avarnet.io/pool": ray_cluster.node("cpu2").labels["avarnet.io/pool"]}
+    spare = ray_cluster.add_node("spare", num_cpus=1, labels=compute)
+    out = tmp_path / "features"
+    _, sid = submit(
+        ray_cluster,
+        "python",
+        "-m",
+        "workflows.cli",
+        "extract",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--workers",
+        "2",
+        "--decode-on",
+        "avarnet.io/pool=decode",
+        "--encode-on",
+        "avarnet.io/pool=compute",
+        "--json",
+        f"output_dir={tmp_path}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        # Fractions of a CPU: once a node is gone, the one compute node left holds both
+        # encoder actors (the restarted one too) next to nothing else.
+        "features.encoder_cpus=0.5",
+        "features.decode_cpus=0.5",
+        "features.batch_size=1",
+        wait=False,
+    )
+    try:
+        victim, encoded_before = _kill_a_node_while_encoding(ray_cluster, sid)
+        assert encoded_before < len(rows) - 20  # clips were still left to encode
+        deadline = time.monotonic() + 600
+        while (status := ray_cluster.job_status(sid)) in ("PENDING", "RUNNING"):
+            assert time.monotonic() < deadline, "the job did not finish in 600 s"
+            time.sleep(2)
+        logs = ray_cluster.ray("job", "logs", sid).stdout
+        assert status == "SUCCEEDED", logs[-4000:]
+        ids = [i for p in ft.part_files(out) for i in pq.read_table(p)["video_id"].to_pylist()]
+        counts = Counter(ids)
+        assert sorted(counts) == sorted(r["video_id"] for r in rows)
+        assert set(counts.values()) == {1}, counts.most_common(3)
+        assert ft.read_errors(out) == []
+        encoded = ray_cluster.placement("tasks", "ChunkEncoder", sid, state="FINISHED")
+        print(
+            f"killed {victim} after {encoded_before} of {len(rows)} chunks were encoded; "
+            f"encoder calls finished per node: {dict(encoded)}"
+        )
+        assert set(encoded) <= {"cpu2", "spare"}
+        assert set(ray_cluster.placement("tasks", "decode_row", sid)) == {"cpu1"}
+    finally:
+        _restore(ray_cluster, spare, compute)
+
+
+def _kill_a_node_while_encoding(cluster, sid: str) -> tuple[str, int]:
+    """Wait until some chunks are encoded and clips are still left, then SIGKILL the compute
+    node that holds an encoder actor (``spare`` when it holds one)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = cluster.job(sid)["status"]
+        assert status in ("PENDING", "RUNNING"), cluster.ray("job", "logs", sid).stdout[-3000:]
+        try:
+            actors = cluster.placement("actors", "ChunkEncoder", sid, state="ALIVE")
+            done = cluster.placement("tasks", "ChunkEncoder", sid, state="FINISHED")
+        except LookupError:  # the driver has not started yet
+            time.sleep(0.5)
+            continue
+        if sum(done.values()) >= 10 and actors:
+            victim = "spare" if "spare" in actors else "cpu2"
+            cluster.kill_node(victim)
+            return victim, sum(done.values())
+        time.sleep(0.5)
+    raise AssertionError("no chunk was encoded in 300 s")
+
+
+def _restore(cluster, spare, compute: dict[str, str]) -> None:
+    """Leave the session's cluster as it was: cpu1 + cpu2, no spare."""
+    if spare in cluster.nodes:
+        cluster.remove_node("spare")
+    if not cluster.node("cpu2").alive:
+        cluster.remove_node("cpu2")
+        cluster.add_node("cpu2", num_cpus=1, labels=compute)
