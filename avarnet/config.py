@@ -149,6 +149,9 @@ class FeaturesConfig:
     # encoders on GPU nodes); empty: any node.
     decode_labels: Labels = field(default_factory=dict)
     encoder_labels: Labels = field(default_factory=dict)
+    # Refuse an encoder pool that leaves no CPU for decoding on the cluster as it is (it
+    # would wait forever); false on an autoscaling cluster, where nodes join on demand.
+    fit_resources: bool = True
 
     def __post_init__(self) -> None:
         _one_of("features.precision", self.precision, (None, *PRECISIONS))

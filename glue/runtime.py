@@ -77,6 +77,21 @@ def check_durable_path(path: str | os.PathLike, what: str) -> None:
         )
 
 
+def check_job_input(path: str | os.PathLike, what: str) -> None:
+    """Inside a Ray job, a relative input that is not there is read from the job's copy
+    of the working directory (which leaves out what git ignores): say so, instead of a
+    bare "no such file"."""
+    from avarnet.config import ConfigError
+
+    p = os.fspath(path)
+    if in_ray_job() and not os.path.isabs(p) and not os.path.exists(p):
+        raise ConfigError(
+            f"{what}={p!r} is relative and not in the job's copy of the working directory "
+            "(inside a Ray job relative paths are read there, and files git ignores are not "
+            f"uploaded); pass an absolute path every node can reach (e.g. {what}=/mnt/data)"
+        )
+
+
 def quiet_driver() -> None:
     """Keep the driver's output to warnings and our own progress bars."""
     from ray.data import DataContext
@@ -162,6 +177,50 @@ def unplaceable(
     want = ", ".join(f"{v:g} {k}" for k, v in resources.items() if v)
     where = f"with the labels {format_labels(selector)}" if selector else "in the cluster"
     return f"no node {where} has {want}"
+
+
+def pool_leaves_no_room(
+    actors: int,
+    actor_selector: dict[str, str] | None,
+    actor_resources: dict[str, float],
+    task_selector: dict[str, str] | None,
+    task_resources: dict[str, float],
+    nodes: list[dict] | None = None,
+) -> str | None:
+    """Why a pool of ``actors`` long-lived actors, placed first, would leave no node where
+    one task of ``task_resources`` fits (the tasks feed the actors: the pipeline would wait
+    forever, with nothing pending in ``ray status``); None when it fits or Ray is not up.
+
+    Actors are packed onto the nodes their selector allows, most room first, as Ray's
+    scheduler would at best; ``nodes``: ``ray.nodes()``."""
+    if nodes is None:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        nodes = ray.nodes()
+    live = [n for n in nodes if n.get("Alive", True)]
+    free = [dict(n.get("Resources", {})) for n in live]
+    labels = [n.get("Labels") or {} for n in live]
+
+    def fits(i: int, want: dict[str, float]) -> bool:
+        return all(float(free[i].get(k, 0.0)) + 1e-9 >= v for k, v in want.items() if v)
+
+    for _ in range(actors):
+        ok = [i for i in range(len(live)) if label_matches(actor_selector or {}, labels[i])]
+        ok = [i for i in ok if fits(i, actor_resources)]
+        if not ok:
+            return None  # the pool itself does not fit: unplaceable() says so
+        i = max(ok, key=lambda j: float(free[j].get("CPU", 0.0)))
+        for k, v in actor_resources.items():
+            free[i][k] = float(free[i].get(k, 0.0)) - v
+    if any(
+        label_matches(task_selector or {}, labels[i]) and fits(i, task_resources)
+        for i in range(len(live))
+    ):
+        return None
+    want = ", ".join(f"{v:g} {k}" for k, v in actor_resources.items() if v)
+    return f"{actors} actors of {want} take what every node that may run the tasks has"
 
 
 def warn_if_unplaceable(

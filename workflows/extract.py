@@ -81,6 +81,7 @@ def extract_with_config(
         batch_size=f.batch_size,
         decode_labels=f.decode_labels,
         encoder_labels=f.encoder_labels,
+        fit_resources=f.fit_resources,
         progress=progress,
         logger=logger,
         retry_failed=retry_failed,
@@ -412,6 +413,7 @@ def encoded_chunks(
     threads_per_worker: int | None = None,
     decode_labels: dict[str, str] | None = None,
     encoder_labels: dict[str, str] | None = None,
+    fit_resources: bool = True,
 ):
     """The Ray Data pipeline shared by extraction and batch scoring: manifest rows ->
     decode tasks (CPUs; chunk by chunk, bounded memory) -> encoder actors (GPUs when
@@ -419,15 +421,30 @@ def encoded_chunks(
     until it is iterated (:class:`Assembler` joins a clip's chunks).
 
     ``decode_labels`` / ``encoder_labels``: Ray node labels the decode tasks / encoder
-    actors need (``{"avarnet.io/pool": "gpu"}``); empty or None: any node."""
+    actors need (``{"avarnet.io/pool": "gpu"}``); empty or None: any node.
+    ``fit_resources``: refuse (ConfigError) an actor pool that would leave no room for a
+    decode task on the cluster as it is (off on an autoscaling cluster)."""
     import ray
 
-    from glue.runtime import warn_if_unplaceable
+    from glue.runtime import pool_leaves_no_room, warn_if_unplaceable
 
-    warn_if_unplaceable("decode tasks", decode_labels, {"CPU": decode_cpus})
-    warn_if_unplaceable(
-        "encoder actors", encoder_labels, {"CPU": encoder_cpus, "GPU": gpus_per_worker}
-    )
+    decode_needs = {"CPU": decode_cpus}
+    encoder_needs = {"CPU": encoder_cpus, "GPU": gpus_per_worker}
+    warn_if_unplaceable("decode tasks", decode_labels, decode_needs)
+    warn_if_unplaceable("encoder actors", encoder_labels, encoder_needs)
+    if fit_resources:
+        why = pool_leaves_no_room(
+            workers, encoder_labels, encoder_needs, decode_labels, decode_needs
+        )
+        if why:
+            from avarnet.config import ConfigError
+
+            raise ConfigError(
+                f"features.workers={workers} encoder actors would leave no CPU for decoding "
+                f"({why.replace('the tasks', 'decode tasks')}), and extraction would wait "
+                "forever: lower features.workers or features.encoder_cpus / decode_cpus, "
+                "or add nodes (on an autoscaling cluster: features.fit_resources=false)"
+            )
     opts = spec.decode_options()  # chunked as the spec says (the audio context)
     items = [{"video_id": r["video_id"], "path": r["path"]} for r in rows]
     ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // clips_per_task))
@@ -466,6 +483,7 @@ def run_extract(
     threads_per_worker: int | None = None,
     decode_labels: dict[str, str] | None = None,
     encoder_labels: dict[str, str] | None = None,
+    fit_resources: bool = True,
     progress: bool = True,
     logger: Any = None,
     retry_failed: bool = False,
@@ -505,6 +523,7 @@ def run_extract(
             threads_per_worker=threads_per_worker,
             decode_labels=decode_labels,
             encoder_labels=encoder_labels,
+            fit_resources=fit_resources,
         )
         bar = console.progress_bar(len(plan.todo), "extract", "clip", disable=not progress)
         try:

@@ -67,6 +67,7 @@ _PLACEMENT_ONLY = {
         "decode_workers",
         "threads_per_worker",
         "clips_per_task",
+        "fit_resources",
     ),
     "train": ("worker_labels", "cpus_per_worker", "threads_per_worker", "cache_mb"),
 }

@@ -363,6 +363,7 @@ def run_predict(
     decode_cpus: float = 1.0,
     decode_labels: dict[str, str] | None = None,
     encoder_labels: dict[str, str] | None = None,
+    fit_resources: bool = True,
     batch_clips: int = 16,
     progress: bool = True,
     logger: Any = None,
@@ -387,6 +388,7 @@ def run_predict(
             "decode_cpus": decode_cpus,
             "decode_labels": decode_labels,
             "encoder_labels": encoder_labels,
+            "fit_resources": fit_resources,
         }
         startup_s = _score(plan.todo, predictor.spec, asm, scorer, t0, progress, pipeline)
     errors = plan.failed_before + asm.errors

@@ -78,3 +78,36 @@ def test_work_no_node_can_take_is_named_with_the_labels_there_are():
     )
     why = unplaceable({"avarnet.io/pool": "decode"}, {"CPU": 1.0, "GPU": 1.0}, nodes)
     assert why == "no node with the labels avarnet.io/pool=decode has 1 CPU, 1 GPU"
+
+
+def test_an_actor_pool_that_leaves_nothing_for_its_feeding_tasks_is_found():
+    """Two one-CPU nodes: two encoder actors of 1 CPU would take both, and the decode
+    tasks that feed them could never run (the job waits forever, nothing pending)."""
+    from glue.runtime import pool_leaves_no_room
+
+    two = [{"Alive": True, "Resources": {"CPU": 1.0}, "Labels": {}} for _ in range(2)]
+    cpu = {"CPU": 1.0}
+    assert "2 actors of 1 CPU" in pool_leaves_no_room(2, None, cpu, None, cpu, two)
+    assert pool_leaves_no_room(1, None, cpu, None, cpu, two) is None
+    assert pool_leaves_no_room(2, None, {"CPU": 0.5}, None, {"CPU": 0.5}, two) is None
+    # Encoders on GPU nodes leave the CPU nodes to decoding.
+    mixed = [
+        {"Alive": True, "Resources": {"CPU": 1.0}, "Labels": {"pool": "cpu"}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}, "Labels": {"pool": "gpu"}},
+    ]
+    gpu = {"CPU": 1.0, "GPU": 1.0}
+    assert pool_leaves_no_room(1, {"pool": "gpu"}, gpu, {"pool": "cpu"}, cpu, mixed) is None
+    assert pool_leaves_no_room(1, {"pool": "gpu"}, gpu, {"pool": "gpu"}, cpu, mixed)
+
+
+def test_a_missing_relative_input_inside_a_job_says_where_it_was_looked_for(monkeypatch, tmp_path):
+    from glue.runtime import check_job_input
+
+    monkeypatch.chdir(tmp_path)
+    check_job_input("data", "--data")  # outside a job: the usual "not found" later
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    with pytest.raises(ConfigError, match=r"--data='data' is relative and not in the job's copy"):
+        check_job_input("data", "--data")
+    (tmp_path / "data").mkdir()
+    check_job_input("data", "--data")  # uploaded with the working directory: fine
+    check_job_input("/no/such/dir", "--data")  # absolute: the usual message

@@ -197,3 +197,21 @@ def test_cli_extract_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("avarnet: error:") and "\n" not in err
+
+
+def test_an_encoder_pool_that_would_starve_decoding_is_refused(
+    ray_session, bench_dir, tmp_path, capfd
+):
+    """Two encoder actors of one CPU on this 2-CPU Ray leave no CPU for the decode tasks
+    that feed them: the job would wait forever with nothing pending. Refused in one line,
+    before anything is decoded, with what to change."""
+    from workflows.cli import main
+
+    out = tmp_path / "features"
+    args = ["extract", "--data", str(bench_dir), "--out", str(out), "--workers", "2"]
+    code = main([*args, f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert "avarnet: error: features.workers=2 encoder actors would leave no CPU" in err
+    assert "lower features.workers" in err and "Traceback" not in err
+    assert not list(out.glob("part-*.parquet"))

@@ -57,7 +57,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     from avarnet.data.manifest import read_manifest
     from glue import tracking
-    from glue.runtime import check_durable_path, ray_session
+    from glue.runtime import check_durable_path, check_job_input, ray_session
     from workflows.extract import extract_with_config, plan_extract, spec_from_config
 
     extra = flag_overrides(
@@ -71,6 +71,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     )
     cfg = load_cfg(args, extra)
     check_durable_path(args.out, "--out")
+    check_job_input(args.data, "--data")
     out = Path(args.out).resolve()
     manifest = read_manifest(args.data, format=args.format, annotations=args.annotations)
     for prob in manifest.problems:

@@ -125,6 +125,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             decode_cpus=cfg.features.decode_cpus,
             decode_labels=cfg.features.decode_labels,
             encoder_labels=cfg.features.encoder_labels,
+            fit_resources=cfg.features.fit_resources,
             progress=not args.json,
             logger=run,
         )
