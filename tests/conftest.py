@@ -133,9 +133,32 @@ def ray_cluster():
         yield c
 
 
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """``new_store(folder)``: the URI of a new, empty MLflow sqlite store at
+    ``folder/mlflow.db``. MLflow builds a store's tables with its migrations (2-3 s here);
+    the first store is built so, and each one after is a copy of it, as it was empty."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()  # runs the migrations
+
+    def make(folder: Path) -> str:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        db = folder / "mlflow.db"
+        if not db.exists():
+            shutil.copyfile(template, db)
+        return f"sqlite:///{db}"
+
+    return make
+
+
 @pytest.fixture
-def tracking_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def tracking_uri(tmp_path, new_store) -> str:
+    return new_store(tmp_path)
 
 
 def pytest_configure(config):

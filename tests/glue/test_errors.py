@@ -38,9 +38,9 @@ def test_sigterm_raises_terminated_after_running_the_hooks():
     assert interrupt_status(KeyboardInterrupt()) == EXIT_INTERRUPTED == 130
 
 
-def test_an_mlflow_run_open_at_sigterm_ends_killed(tmp_path):
+def test_an_mlflow_run_open_at_sigterm_ends_killed(tmp_path, new_store):
     """A process that gets SIGTERM with a run open: the run is KILLED and the exit 143."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time

@@ -113,11 +113,11 @@ def test_cli_train_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 # ----------------------------------------------------------------------- real training runs
 @pytest.fixture(scope="module")
-def trained(ray_session, tiny_features, tmp_path_factory):
+def trained(ray_session, tiny_features, tmp_path_factory, new_store):
     """One in-process training run (ScalingConfig(num_workers=0)), shared by the checks."""
     out = tmp_path_factory.mktemp("train0")
     cfg = _cfg(out, "train.workers=0", "train.epochs=4")
-    uri = f"sqlite:///{out / 'mlflow.db'}"
+    uri = new_store(out)
     return cfg, uri, run_training(cfg, tiny_features, tracking_uri=uri)
 
 
@@ -184,13 +184,16 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
-    ray_session, tiny_features, tmp_path
+    ray_session,
+    tiny_features,
+    tmp_path,
+    new_store,
 ):
     """The training worker's process is SIGKILLed at the start of epoch 2 (as on a lost
     node): Ray Train restarts the worker group, which goes on from a checkpoint."""
     marker = tmp_path / "failed-once"
     cfg = _cfg(tmp_path, "train.workers=1", "train.epochs=3", "train.max_failures=1")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     res = run_training(
         cfg,
         tiny_features,
@@ -208,12 +211,12 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     assert res["accuracy"] >= 0.0
 
 
-def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd):
+def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd, new_store):
     """Each verb's --json is exactly one JSON document on stdout (file-descriptor level:
     what Ray, Tune or MLflow print goes to the log file)."""
     from workflows.cli import main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     common = [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path}"]
     args = ["train", "--features", str(tiny_features), "--epochs", "2", "--workers", "0"]
     assert main([*args, "--json", *common]) == 0
@@ -242,14 +245,18 @@ def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd
 
 
 def test_cli_train_seeds_reports_mean_and_std_and_registers_the_best_on_validation(
-    ray_session, tiny_features, tmp_path, capfd
+    ray_session,
+    tiny_features,
+    tmp_path,
+    capfd,
+    new_store,
 ):
     """`avarnet train --seeds 0,1`: one child run per seed under one parent run holding
     every metric's mean and std; the registered model is the seed with the best
     validation score (never chosen on test); the human report says so."""
     from workflows.cli import main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     args = ["train", "--features", str(tiny_features), "--epochs", "2", "--workers", "0"]
     common = [f"tracking.tracking_uri={uri}", f"output_dir={tmp_path}", "train.lr=0.003"]
     assert main([*args, "--seeds", "0,1", "--json", *common]) == 0

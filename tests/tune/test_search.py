@@ -50,9 +50,12 @@ def test_default_space_is_valid_and_bad_spaces_are_refused():
 
 
 def test_search_stops_weak_trials_and_registers_the_best_as_champion(
-    ray_session, tiny_features, tmp_path
+    ray_session,
+    tiny_features,
+    tmp_path,
+    new_store,
 ):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     res = run_search(_cfg(tmp_path), tiny_features, tracking_uri=uri, progress=False)
     trials = res["trials"]
     assert len(trials) == 4 and res["trials_failed"] == 0
@@ -129,8 +132,8 @@ class _InterruptAfterFirstTrial:
         return Interrupt()
 
 
-def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_interrupted_search_resumes_and_finishes(ray_session, tiny_features, tmp_path, new_store):
+    uri = new_store(tmp_path)
     cfg = _cfg(tmp_path, "tune.trials=2", "train.epochs=2")
     with pytest.raises(SearchInterrupted, match="run the same command again"):
         run_search(
@@ -179,12 +182,12 @@ def test_pipeline_refuses_them_before_anything_runs(tmp_path, capsys):
     assert not (tmp_path / "stages").exists()
 
 
-def test_cli_tune_json_is_one_document(ray_session, tiny_features, tmp_path, capfd):
+def test_cli_tune_json_is_one_document(ray_session, tiny_features, tmp_path, capfd, new_store):
     """`avarnet tune --json`: exactly one JSON document on stdout; Tune's own lines ("View
     detailed results here", the TensorBoard hint) go to the log file."""
     from workflows.cli import main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     code = main(
         [
             "tune",

@@ -146,7 +146,7 @@ def test_spec_mismatch_is_refused_and_nothing_overwritten(ray_session, tiny_feat
     assert {p.name: p.stat().st_mtime_ns for p in tiny_features.iterdir()} == before
 
 
-def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capfd):
+def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capfd, new_store):
     from mlflow.tracking import MlflowClient
 
     from avarnet.data.manifest import write_manifest_csv
@@ -154,7 +154,7 @@ def test_cli_extract_json_and_mlflow_run(ray_session, bench_rows, tmp_path, capf
 
     data = tmp_path / "data"
     write_manifest_csv(bench_rows[:3], data / "manifest.csv")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     out = tmp_path / "features"
     code = main(
         [
@@ -200,7 +200,11 @@ def test_cli_extract_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_an_encoder_pool_that_would_starve_decoding_is_refused(
-    ray_session, bench_dir, tmp_path, capfd
+    ray_session,
+    bench_dir,
+    tmp_path,
+    capfd,
+    new_store,
 ):
     """Two encoder actors of one CPU on this 2-CPU Ray leave no CPU for the decode tasks
     that feed them: the job would wait forever with nothing pending. Refused in one line,
@@ -209,7 +213,7 @@ def test_an_encoder_pool_that_would_starve_decoding_is_refused(
 
     out = tmp_path / "features"
     args = ["extract", "--data", str(bench_dir), "--out", str(out), "--workers", "2"]
-    code = main([*args, f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    code = main([*args, f"tracking.tracking_uri={new_store(tmp_path)}"])
     err = capfd.readouterr().err
     assert code == 2, err
     assert "avarnet: error: features.workers=2 encoder actors would leave no CPU" in err

@@ -71,14 +71,16 @@ def _score_schema() -> dict:
     return api.openapi()
 
 
-def test_a_folder_is_scored_resumably(ray_session, footage, model_dir, tmp_path, capfd, request):
+def test_a_folder_is_scored_resumably(
+    ray_session, footage, model_dir, tmp_path, capfd, request, new_store
+):
     import jsonschema
 
     from avarnet.scoring import find_events
     from workflows.predict import read_scores
 
     out = tmp_path / "out"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     args = [str(footage["root"]), "--model", str(model_dir), "--out", str(out)]
     args += ["--tracking-uri", uri, "--frame-scores", "--threshold", "0.5"]
     result = _predict(args, capfd)
@@ -162,32 +164,35 @@ def _check_report(path: Path, chromium, *, n_clips: int, n_events: int, tmp_path
     assert clips == timelines == n_clips and events == n_events
 
 
-def test_one_file_is_scored_without_ray(footage, model_dir, tmp_path):
+def test_one_file_is_scored_without_ray(footage, model_dir, tmp_path, new_store, capfd):
+    """One file: scored in the process, no Ray (a fresh process shows it starts none); the
+    human form and a bad file through the same CLI in this process."""
+    from workflows.cli import main
+
     clip = footage["root"] / "cam1" / "a.mp4"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "workflows.cli", "predict", str(clip), "--model", str(model_dir)]
-    cmd += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    args = ["predict", str(clip), "--model", str(model_dir), "--tracking-uri", new_store(tmp_path)]
     res = subprocess.run(
-        [*cmd, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr
-    answer = json.loads(res.stdout)
-    assert len(answer["segments"]) == 3 and answer["decoder"] == "decord"
-    assert "no Ray" in res.stderr
-    human = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert human.returncode == 0 and f"label: {answer['label']}" in human.stdout
-    assert human.stdout.count(" s") >= 1 and "top:" in human.stdout
-    bad = subprocess.run(
-        [*cmd[:4], str(footage["root"] / "cam1" / "notes.mp4"), *cmd[5:]],
+        [sys.executable, "-m", "workflows.cli", *args, "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert (
-        bad.returncode == 2 and "not a video file" in bad.stderr and "Traceback" not in bad.stderr
-    )
+    assert res.returncode == 0, res.stderr
+    answer = json.loads(res.stdout)
+    assert len(answer["segments"]) == 3 and answer["decoder"] == "decord"
+    assert "no Ray" in res.stderr
+    capfd.readouterr()
+    assert main(args) == 0
+    human = capfd.readouterr().out
+    assert f"label: {answer['label']}" in human
+    assert human.count(" s") >= 1 and "top:" in human
+    bad = [*args[:1], str(footage["root"] / "cam1" / "notes.mp4"), *args[2:]]
+    assert main(bad) == 2
+    err = capfd.readouterr().err
+    assert "not a video file" in err and "Traceback" not in err
 
 
 def test_a_model_trained_on_imported_features_is_refused_in_one_line(tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_relative_output_dir_is_refused_inside_a_job(head_node):
     assert "absolute path" in logs and "Traceback" not in logs
 
 
-def test_batch_scoring_as_a_ray_job(head_node, bench_rows, tiny_spec, tmp_path):
+def test_batch_scoring_as_a_ray_job(head_node, bench_rows, tiny_spec, tmp_path, new_store):
     """`avarnet predict` submitted as the README says: a folder of footage scored on the
     cluster, outputs on (here: local, absolute) shared storage."""
     import shutil
@@ -120,7 +120,7 @@ def test_batch_scoring_as_a_ray_job(head_node, bench_rows, tiny_spec, tmp_path):
         "--out",
         str(out),
         "--tracking-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        f"{new_store(tmp_path)}",
         cwd=ROOT,
         timeout=600,
     )
@@ -131,12 +131,12 @@ def test_batch_scoring_as_a_ray_job(head_node, bench_rows, tiny_spec, tmp_path):
     assert "scored 3 clips" in res.stdout and "Traceback" not in res.stdout + res.stderr
 
 
-def test_pipeline_as_a_ray_job(head_node, tmp_path):
+def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
     """`ray job stop` during extraction, then the same job submitted again: the first
     parent run ends KILLED, the second resumes from the stage markers and finishes."""
     env, address = head_node.env, head_node.address
     out = tmp_path / "run"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     # Without the token the job API refuses.
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
     no_token["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "no-such-token")

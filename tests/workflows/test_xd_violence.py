@@ -57,7 +57,9 @@ def _released(root: Path, seed: int = 0) -> Path:
 
 
 @pytest.mark.integration
-def test_imported_features_train_evaluate_and_predict_but_do_not_serve(ray_session, tmp_path):
+def test_imported_features_train_evaluate_and_predict_but_do_not_serve(
+    ray_session, tmp_path, new_store
+):
     from glue.train import check_training_data, run_training
     from serve.app import check_encodable, resolve_model
 
@@ -84,7 +86,7 @@ def test_imported_features_train_evaluate_and_predict_but_do_not_serve(ray_sessi
             "train.workers=0",
         ],
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     res = run_training(cfg, table, tracking_uri=uri, register=False)
     report = res["report"]
     assert report["split"] == "test" and report["clips"] == 26
@@ -103,7 +105,7 @@ def test_imported_features_train_evaluate_and_predict_but_do_not_serve(ray_sessi
 
 
 @pytest.mark.integration
-def test_generated_xd_layout_through_the_pipeline(ray_session, tmp_path):
+def test_generated_xd_layout_through_the_pipeline(ray_session, tmp_path, new_store):
     from avarnet.data.synthetic_xd import generate_xd_benchmark
     from workflows.pipeline import Pipeline
 
@@ -115,7 +117,7 @@ def test_generated_xd_layout_through_the_pipeline(ray_session, tmp_path):
             f"output_dir={tmp_path / 'run'}",
             f"data.path={videos}",
             f"data.annotations={videos / 'annotations.txt'}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.tracking_uri={new_store(tmp_path)}",
             "train.epochs=3",
             "train.workers=0",
         ],
