@@ -133,7 +133,8 @@ def _trial(config: dict[str, Any]) -> None:
 
     quiet_driver()  # the trial's own Ray Data reads and Train reports: warnings only
     sampled = _sampled(config)
-    base = json.loads(config["base_config"])
+    base = config["base_config"]
+    base = json.loads(base) if isinstance(base, str) else base  # a dict: a search from before
     cfg = apply_overrides(config_from_dict(base), _overrides(sampled))
     trial_id = ray.tune.get_context().get_trial_id()
     uri = config["tracking_uri"]
