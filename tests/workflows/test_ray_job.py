@@ -47,6 +47,10 @@ PLACED = (
     "train.worker_labels=avarnet.io/pool=compute",
     "serve.encoder_labels=avarnet.io/pool=compute",
     "serve.classifier_labels=avarnet.io/pool=compute",
+    # A trial with worker labels trains through a TorchTrainer while its driver holds
+    # 0.01 CPU wherever Tune puts it, maybe on the one-CPU compute node: half a CPU per
+    # trial worker still fits beside it there.
+    "tune.cpus_per_trial=0.5",
 )
 
 
