@@ -224,10 +224,14 @@ def pool_leaves_no_room(
 
 
 def warn_if_unplaceable(
-    what: str, selector: dict[str, str] | None, resources: dict[str, float]
+    what: str,
+    selector: dict[str, str] | None,
+    resources: dict[str, float],
+    nodes: list[dict] | None = None,
 ) -> None:
-    """Say (one line) that ``what`` will wait until a node that fits joins the cluster."""
-    why = unplaceable(selector, resources)
+    """Say (one line) that ``what`` will wait until a node that fits joins the cluster
+    (``nodes``: ``ray.nodes()``, read here when not given)."""
+    why = unplaceable(selector, resources, nodes)
     if why:
         from glue import console
 

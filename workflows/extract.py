@@ -430,11 +430,12 @@ def encoded_chunks(
 
     decode_needs = {"CPU": decode_cpus}
     encoder_needs = {"CPU": encoder_cpus, "GPU": gpus_per_worker}
-    warn_if_unplaceable("decode tasks", decode_labels, decode_needs)
-    warn_if_unplaceable("encoder actors", encoder_labels, encoder_needs)
+    nodes = ray.nodes() if ray.is_initialized() else None  # read once for the three checks
+    warn_if_unplaceable("decode tasks", decode_labels, decode_needs, nodes)
+    warn_if_unplaceable("encoder actors", encoder_labels, encoder_needs, nodes)
     if fit_resources:
         why = pool_leaves_no_room(
-            workers, encoder_labels, encoder_needs, decode_labels, decode_needs
+            workers, encoder_labels, encoder_needs, decode_labels, decode_needs, nodes
         )
         if why:
             from avarnet.config import ConfigError
