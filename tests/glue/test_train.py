@@ -211,6 +211,29 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     assert res["accuracy"] >= 0.0
 
 
+def test_feature_datasets_are_the_same_read_by_the_driver_or_by_ray_data(
+    ray_session, tiny_features
+):
+    """A small table is read by the driver and handed to Ray as blocks of its own
+    (no Ray Data job); a large one streams in through Ray Data: the same rows either way,
+    and the driver's blocks can be shared out between workers."""
+    from glue.train import feature_datasets
+
+    def rows(ds) -> list[tuple]:
+        got = ds.to_pandas()
+        return sorted(zip(got["label"], [len(v) for v in got["visual"]], got["has_audio"]))
+
+    small = feature_datasets(tiny_features, blocks=4)
+    large = feature_datasets(tiny_features, driver_read_bytes=0)
+    counts = check_training_data(tiny_features).split_counts
+    for split in ("train", "val"):
+        assert small[split].count() == large[split].count() == counts[split]
+        assert rows(small[split]) == rows(large[split])
+    assert small["train"].num_blocks() == 4
+    halves = small["train"].split(2, equal=True)
+    assert sum(h.count() for h in halves) == counts["train"]
+
+
 def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd, new_store):
     """Each verb's --json is exactly one JSON document on stdout (file-descriptor level:
     what Ray, Tune or MLflow print goes to the log file)."""
