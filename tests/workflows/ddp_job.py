@@ -1,6 +1,7 @@
-"""Run as a Ray job by test_ray_cluster.py: the same training with one worker and with two
-DDP workers (the same global batch), in one driver, so the two are compared on one
-cluster without a second job's start-up.
+"""Run as a Ray job by test_ray_cluster.py: the same training in the driver (Ray Train's
+local mode, ``train.workers=0``: the same training loop and data shards, without a worker
+group's start-up) and with two DDP workers (the same global batch), in one driver, so the
+two are compared on one cluster without a second job's start-up.
 
     python tests/workflows/ddp_job.py FEATURES OUT_DIR TRACKING_URI RESULT.json
 """
@@ -18,7 +19,7 @@ def main(features: str, out: str, uri: str, result: str) -> None:
 
     results = {}
     with ray_session():
-        for workers in (1, 2):
+        for workers in (0, 2):
             cfg = load_config(
                 None,
                 [
