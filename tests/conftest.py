@@ -186,6 +186,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # The Serve tests share one deployment (tests/serve/conftest.py `service`), which
+    # test_limits.py replaces with its own: it runs after every other Serve test.
+    limits = ROOT / "tests" / "serve" / "test_limits.py"
+    moved = [i for i in items if i.path == limits]
+    if moved:
+        rest = [i for i in items if i.path != limits]
+        serve_dir = limits.parent
+        last = max((k for k, i in enumerate(rest) if serve_dir in i.path.parents), default=-1)
+        items[:] = rest[: last + 1] + moved + rest[last + 1 :]
 
 
 CHROMIUM = "/usr/bin/chromium"

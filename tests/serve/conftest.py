@@ -32,9 +32,11 @@ def registered_model(tiny_spec, bench_rows, tmp_path_factory) -> dict:
     return {"tracking_uri": uri, "artifact": Path(artifact), "model_uri": model_uri, "root": root}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service(ray_session, registered_model):
-    """The application, deployed from the registry alias; shut down after the module."""
+    """The application, deployed from the registry alias once for every module that uses
+    it (a deployment takes 15-20 s here); shut down at the end. test_limits.py deploys a
+    service of its own under the same name, so it runs after them (tests/conftest.py)."""
     from serve.deploy import deploy, shutdown
 
     args = {

@@ -73,6 +73,9 @@ def bounded(ray_session, registered_model, tmp_path_factory):
         "classifier_cpus": 0.1,
         "encoder_max_replicas": 1,
     }
+    # Serve keeps the port it started with: the shared service (tests/serve/conftest.py),
+    # whose tests have all run by now, goes first.
+    shutdown()
     url = deploy(args, port=free_ports(1)[0])
     root = tmp_path_factory.mktemp("clips")
     clips = {
