@@ -54,9 +54,10 @@ browser: test-deps
 
 # The unit tier on two processes first (it starts no Ray), then everything that starts Ray,
 # a server or a browser, in one process (one Ray per session).
+PYTEST := $(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest
 test: lint test-deps
-	$(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest -m "not integration" -q -n 2 $(PYTEST_ARGS)
-	$(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest -m integration $(PYTEST_ARGS)
+	$(PYTEST) -m "not integration" -q -n 2 $(PYTEST_ARGS)
+	$(PYTEST) -m integration $(PYTEST_ARGS)
 
 # The unit tier: everything that starts no Ray, server or browser (see tests/conftest.py).
 test-fast: lint

@@ -426,15 +426,10 @@ def feature_datasets(
 
 
 def _blocks(table, n: int) -> list:
-    """``table`` cut into at most ``n`` tables of consecutive rows, each its own copy (a
-    slice would carry its parent's whole buffers into the object store)."""
-    import pyarrow as pa
-
+    """``table`` cut into at most ``n`` slices of consecutive rows (Ray serialises a slice
+    with only its own part of the buffers: ``ray._private.arrow_serialization``)."""
     step = max(1, -(-table.num_rows // n))
-    starts = range(0, table.num_rows, step)
-    return [table.take(pa.array(range(a, min(a + step, table.num_rows)))) for a in starts] or [
-        table
-    ]
+    return [table.slice(a, step) for a in range(0, table.num_rows, step)] or [table]
 
 
 def build_trainer(

@@ -221,7 +221,9 @@ def test_feature_datasets_are_the_same_read_by_the_driver_or_by_ray_data(
 
     def rows(ds) -> list[tuple]:
         got = ds.to_pandas()
-        return sorted(zip(got["label"], [len(v) for v in got["visual"]], got["has_audio"]))
+        sums = [round(float(np.stack(v).sum()), 3) for v in got["visual"]]
+        lengths = [len(v) for v in got["visual"]]
+        return sorted(zip(got["label"], lengths, got["has_audio"], sums))
 
     small = feature_datasets(tiny_features, blocks=4)
     large = feature_datasets(tiny_features, driver_read_bytes=0)
@@ -232,6 +234,7 @@ def test_feature_datasets_are_the_same_read_by_the_driver_or_by_ray_data(
     assert small["train"].num_blocks() == 4
     halves = small["train"].split(2, equal=True)
     assert sum(h.count() for h in halves) == counts["train"]
+    assert min(h.count() for h in halves) > 0  # each worker gets rows of its own
 
 
 def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd, new_store):
