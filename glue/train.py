@@ -427,7 +427,7 @@ def feature_datasets(
 
 def _blocks(table, n: int) -> list:
     """``table`` cut into at most ``n`` slices of consecutive rows (Ray serialises a slice
-    with only its own part of the buffers: ``ray._private.arrow_serialization``)."""
+    with only its own part of the buffers: Ray registers an Arrow serialiser for that)."""
     step = max(1, -(-table.num_rows // n))
     return [table.slice(a, step) for a in range(0, table.num_rows, step)] or [table]
 
