@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -59,6 +59,35 @@ def _sigterm(signum, frame) -> None:
         with contextlib.suppress(Exception):  # best effort on the way out
             fn()
     raise Terminated()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them (main thread only).
+
+    For short writes that must not be cut in half: a ``KeyboardInterrupt`` raised inside
+    an MLflow sqlite write leaves its transaction open, holding the database lock, and the
+    cleanup that follows (ending the runs ``KILLED``) then waits on that lock and fails
+    with ``database is locked`` instead of exiting 130. Nested blocks deliver once, when
+    the outermost ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler in (signal.SIG_IGN, None):  # ignored, or not installed from Python
+            continue
+        previous[sig] = handler
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):  # each signal once, in order of arrival
+            signal.raise_signal(sig)
 
 
 def handle_sigterm() -> None:

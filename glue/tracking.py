@@ -9,6 +9,7 @@ tracking server for a cluster) take precedence.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient as _MlflowClient  # noqa: E402
 
 from avarnet.config import Config, TrackingConfig, config_to_dict
 
@@ -39,6 +40,29 @@ __all__ = [
     "resolve_tracking_uri",
     "start_run",
 ]
+
+
+class MlflowClient:
+    """``mlflow.tracking.MlflowClient`` whose every call completes before a Ctrl-C or a
+    SIGTERM acts (:func:`glue.errors.signals_deferred`): one cut in the middle of a sqlite
+    write would leave the store locked for the cleanup that ends the runs ``KILLED``."""
+
+    def __init__(self, tracking_uri: str):
+        self._client = _MlflowClient(tracking_uri)
+
+    def __getattr__(self, name: str) -> Any:
+        from glue.errors import signals_deferred
+
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with signals_deferred():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def default_tracking_uri(output_dir: str | os.PathLike) -> str:
