@@ -285,6 +285,10 @@ class ServeConfig:
     max_segments: int = 1024
     long_clip_seconds: float = 30.0  # longer clips are encoded outside the batches
     upload_idle_timeout_s: float = 30.0  # an upload that stalls this long is cut (408)
+    # Where uploads are spooled while a request runs (up to max_upload_mb each, removed
+    # when it ends); an absolute path on every Ingress / Encoder node. Empty: the system's
+    # temporary directory.
+    upload_dir: str = ""
     encoder_cpus: float = 0.0  # per Encoder replica (also its torch threads); 0: fit the node
     encoder_gpus: float = 0.0  # per Encoder replica; > 0 runs the encoders on CUDA
     encoder_min_replicas: int = 1  # the Encoder's autoscaling range
@@ -313,6 +317,11 @@ class ServeConfig:
 
         check(self.max_upload_mb > 0, "max_upload_mb", "> 0")
         check(self.upload_idle_timeout_s > 0, "upload_idle_timeout_s", "> 0")
+        check(
+            not self.upload_dir or os.path.isabs(self.upload_dir),
+            "upload_dir",
+            "an absolute path (replicas run in other directories, on other nodes) or empty",
+        )
         for key in ("max_clip_seconds", "max_frame_pixels", "max_segments", "encoder_cpus"):
             check(getattr(self, key) >= 0, key, ">= 0 (0: no limit / fit the node)")
         for key in ("encoder_gpus", "classifier_cpus", "batch_wait_timeout_s", "threads"):

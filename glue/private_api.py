@@ -70,3 +70,22 @@ def tune_trials(grid: Any) -> list[Any]:
     (``ResultGrid`` exposes only counts, ``num_errors``/``num_terminated``, and ``Result``
     carries no status); switch when ``Result`` exposes its trial's status."""
     return list(grid._experiment_analysis.trials)
+
+
+def running_serve_http_options() -> tuple[str, int] | None:
+    """``(host, port)`` of the Ray Serve instance running on the connected cluster, or
+    None when Serve is not running. ``serve.start`` keeps a running instance's HTTP options
+    (it only logs that new ones are ignored), so a deploy on another port would wait on a
+    port nobody serves.
+
+    Uses ``ray.serve.context._get_global_client`` and its ``http_config`` (what
+    ``serve.start`` itself compares). Public API to switch to: none in Ray 2.60 in Python
+    (``serve.status()`` has no HTTP options; the dashboard's ``/api/serve/applications/``
+    has them, but needs the dashboard's address); switch when ``serve.status()`` has them."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    http = client.http_config
+    return str(http.host), int(http.port)

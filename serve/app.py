@@ -164,6 +164,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         max_batch_size=a.max_batch_size,
         batch_wait_timeout_s=a.batch_wait_timeout_s,
         limits=limits,
+        upload_dir=a.upload_dir,
     )
     classifier = Classifier.options(
         ray_actor_options=_actor_options(a.classifier_labels, num_cpus=a.classifier_cpus),
@@ -190,4 +191,5 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         limits=limits,
         long_clip_seconds=a.long_clip_seconds,
         idle_timeout_s=a.upload_idle_timeout_s,
+        upload_dir=a.upload_dir,
     )

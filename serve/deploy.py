@@ -47,6 +47,7 @@ def deploy(
 
     from serve.app import build_app
 
+    _refuse_other_http_options(host, port)
     logging_config = LoggingConfig(log_level=log_level)
     serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
     logging.getLogger("ray.serve").setLevel(log_level)  # this process's "app is ready" lines
@@ -60,6 +61,22 @@ def deploy(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_healthy(url, timeout_s)
     return url
+
+
+def _refuse_other_http_options(host: str, port: int) -> None:
+    """Serve keeps the HTTP options it started with: deploying at another host or port
+    would leave the service where it was and wait on an address nobody serves."""
+    from glue.errors import CliError
+    from glue.private_api import running_serve_http_options
+
+    running = running_serve_http_options()
+    if running is not None and running != (host, port):
+        at = f"{running[0]}:{running[1]}"
+        raise CliError(
+            f"Ray Serve is already running on this cluster at {at}, and keeps that address "
+            f"until it stops: deploy at {at} (serve.host={running[0]} serve.port={running[1]})"
+            f", or stop Serve first (`serve shutdown --yes`; this removes its applications)"
+        )
 
 
 def wait_healthy(url: str, timeout_s: float = 300.0) -> dict[str, Any]:

@@ -51,11 +51,14 @@ class TempFiles:
     """The upload files one replica has open, removed when a request ends and, for any
     still open (requests cut short by a shutdown), when the replica shuts down."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str = "") -> None:
         self.paths: set[str] = set()
+        self.directory = directory or None  # None: the system's temporary directory
+        if self.directory:
+            os.makedirs(self.directory, exist_ok=True)
 
     def new(self) -> str:
-        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX)
+        fd, path = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=self.directory)
         os.close(fd)
         self.paths.add(path)
         return path
@@ -86,6 +89,7 @@ class Encoder:
         max_batch_size: int,
         batch_wait_timeout_s: float,
         limits: dict[str, Any],
+        upload_dir: str = "",
     ):
         import torch
 
@@ -106,7 +110,7 @@ class Encoder:
         self.encode.set_max_batch_size(max_batch_size)
         self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.long_lane = asyncio.Semaphore(1)  # long clips: one at a time per replica
-        self.files = TempFiles()
+        self.files = TempFiles(upload_dir)
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
         files = getattr(self, "files", None)

@@ -97,6 +97,7 @@ class Ingress:
         limits: dict[str, Any],
         long_clip_seconds: float,
         idle_timeout_s: float,
+        upload_dir: str = "",
     ):
         self.encoder = encoder
         self.classifier = classifier
@@ -105,7 +106,7 @@ class Ingress:
         self.limits = ClipLimits(**limits)
         self.long_clip_seconds = long_clip_seconds
         self.idle_timeout_s = idle_timeout_s
-        self.files = TempFiles()
+        self.files = TempFiles(upload_dir)
         self.page = (STATIC / "index.html").read_text()
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down

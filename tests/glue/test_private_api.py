@@ -100,6 +100,25 @@ def test_ray_tune_result_grid_keeps_its_experiment_analysis():
     )
 
 
+def test_ray_serve_global_client_and_its_http_config():
+    """Without Serve running the wrapper answers None (Ray is not started); the client
+    class still exposes ``http_config``, Serve's ``HTTPOptions``."""
+    import inspect
+
+    from ray.serve import context
+
+    fn = getattr(context, "_get_global_client", None)
+    assert callable(fn), f"ray.serve.context._get_global_client is gone: {FIX}"
+    assert "raise_if_no_controller_running" in inspect.signature(fn).parameters, (
+        f"_get_global_client lost raise_if_no_controller_running: {FIX}"
+    )
+    from ray.serve._private.client import ServeControllerClient
+
+    assert isinstance(getattr(ServeControllerClient, "http_config", None), property), (
+        f"ServeControllerClient.http_config is gone: {FIX}"
+    )
+
+
 def test_no_private_ray_or_argparse_names_outside_private_api():
     """The call sites go through glue.private_api; nothing else reaches in."""
     import re
@@ -108,7 +127,7 @@ def test_no_private_ray_or_argparse_names_outside_private_api():
     root = Path(__file__).resolve().parents[2]
     pattern = re.compile(
         r"ray\._raylet|ray\._private|\._internal\b|v2\._internal|_experiment_analysis"
-        r"|argparse\._[A-Za-z]|serve\._private"
+        r"|argparse\._[A-Za-z]|serve\._private|_get_global_client"
     )
     found = []
     for pkg in ("avarnet", "glue", "workflows", "tune", "serve", "benchmarks"):

@@ -71,6 +71,20 @@ def test_health_model_and_schema(service, openapi):
     assert page.status_code == 200 and "v1/score" in page.text
 
 
+def test_a_deploy_at_another_port_is_refused_naming_the_running_one(service):
+    """Serve keeps the address it started with: a second deploy at another port is refused
+    at once, saying where the service is, and the running one is left as it was."""
+    from glue.errors import CliError
+    from serve.deploy import deploy
+    from workflows.local_cluster import free_ports
+
+    port = int(service["url"].rsplit(":", 1)[1])
+    args = {"model": "models:/avarnet@champion", "tracking_uri": service["tracking_uri"]}
+    with pytest.raises(CliError, match=rf"already running on this cluster at 127\.0\.0\.1:{port}"):
+        deploy(args, port=free_ports(1)[0], timeout_s=5)
+    assert requests.get(f"{service['url']}/v1/health", timeout=30).status_code == 200
+
+
 def test_scores_a_clip_as_the_library_does(service, openapi, bench_rows):
     path = _clip(bench_rows, audio=True)
     with path.open("rb") as f:

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +72,10 @@ def bounded(ray_session, registered_model, tmp_path_factory):
         "classifier_cpus": 0.1,
         "encoder_max_replicas": 1,
     }
+    # Its own upload folder: the leftover checks see this service's files only, not those
+    # of another service on the machine.
+    uploads = tmp_path_factory.mktemp("uploads")
+    args["upload_dir"] = str(uploads)
     # Serve keeps the port it started with: the shared service (tests/serve/conftest.py),
     # whose tests have all run by now, goes first.
     shutdown()
@@ -83,7 +86,7 @@ def bounded(ray_session, registered_model, tmp_path_factory):
         "ten_minutes": _ffmpeg_clip(root / "ten_minutes.mp4", 600),
     }
     clips["two_hours"] = _joined_clip(root / "two_hours.mp4", clips["ten_minutes"], 12)
-    yield {"url": url, "clips": clips}
+    yield {"url": url, "clips": clips, "uploads": uploads}
     shutdown()
 
 
@@ -140,8 +143,9 @@ class _Sampler:
         self.peak = max(self.peak, _rss_mb(self.pid, self.field))
 
 
-def _leftovers() -> list[str]:
-    return glob.glob(os.path.join(tempfile.gettempdir(), "avarnet-upload-*"))
+def _leftovers(bounded) -> list[str]:
+    """The upload files of the service under test (its own ``upload_dir``)."""
+    return glob.glob(os.path.join(bounded["uploads"], "avarnet-upload-*"))
 
 
 def test_a_two_hour_clip_is_refused_from_its_header_and_stalls_nothing(bounded):
@@ -193,7 +197,7 @@ def test_a_long_clip_is_scored_beside_short_ones_and_memory_comes_back(bounded):
     assert all(status == 200 for status, _, _ in shorts)
     assert max(during) < 2 * alone + 3.0 < l_s
     assert after - before < 100
-    assert not _leftovers()
+    assert not _leftovers(bounded)
 
 
 def test_big_uploads_go_to_disk_and_never_reach_the_encoder(bounded, tmp_path):
@@ -217,6 +221,7 @@ def test_big_uploads_go_to_disk_and_never_reach_the_encoder(bounded, tmp_path):
             return requests.post(f"{url}/v1/score", files=files, timeout=600).status_code
 
     ingress, encoder = _replica_pid("Ingress"), _replica_pid("Encoder")
+    spooled: set[str] = set()  # the upload files seen in the service's upload_dir
     t0 = time.perf_counter()
     with (
         _Sampler(ingress, "RssAnon") as anon,
@@ -224,9 +229,11 @@ def test_big_uploads_go_to_disk_and_never_reach_the_encoder(bounded, tmp_path):
         _Sampler(encoder) as enc,
         ThreadPoolExecutor(4) as pool,
     ):
-        statuses = [
-            f.result() for f in [pool.submit(fn) for fn in (raw, raw, multipart, multipart)]
-        ]
+        uploads = [pool.submit(fn) for fn in (raw, raw, multipart, multipart)]
+        while not all(f.done() for f in uploads):
+            spooled.update(_leftovers(bounded))
+            time.sleep(0.05)
+        statuses = [f.result() for f in uploads]
     print(
         f"4 x 180 MB in {time.perf_counter() - t0:.1f} s: {statuses}; Ingress heap "
         f"(RssAnon) {anon.baseline:.0f} -> {anon.peak:.0f} MB (+{anon.peak - anon.baseline:.0f}), "
@@ -234,9 +241,10 @@ def test_big_uploads_go_to_disk_and_never_reach_the_encoder(bounded, tmp_path):
         f"Encoder +{enc.peak - enc.baseline:.0f} MB"
     )
     assert statuses == [415] * 4
+    assert len(spooled) >= 2, spooled  # streamed to files in upload_dir, then removed
     assert enc.peak - enc.baseline < 50
     assert anon.peak - anon.baseline < 4 * 180 + 100
-    assert not _leftovers()
+    assert not _leftovers(bounded)
 
 
 def _raw_request(url: str, declared: int, body: bytes) -> socket.socket:
@@ -269,9 +277,9 @@ def test_a_stalled_upload_is_cut_and_an_abandoned_one_leaves_nothing(bounded):
     with _raw_request(url, 1_000_000, b"\0" * 500_000):
         pass
     deadline = time.monotonic() + 30
-    while _leftovers() and time.monotonic() < deadline:  # the replica notices the EOF
+    while _leftovers(bounded) and time.monotonic() < deadline:  # the replica notices the EOF
         time.sleep(0.2)
-    assert not _leftovers()
+    assert not _leftovers(bounded)
     assert requests.get(f"{url}/v1/health", timeout=30).status_code == 200
 
 

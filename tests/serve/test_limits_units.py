@@ -49,6 +49,9 @@ def test_app_args_from_serve_run_strings():
         AppArgs.from_dict({"upload_idle_timeout_s": 0})
     with pytest.raises(ValueError, match="unknown build_app argument"):
         AppArgs.from_dict({"max_clip_secs": 1})
+    with pytest.raises(ValueError, match="upload_dir must be an absolute path"):
+        AppArgs.from_dict({"upload_dir": "uploads"})
+    assert AppArgs.from_dict({"upload_dir": "/scratch/up"}).upload_dir == "/scratch/up"
 
 
 def test_app_args_are_the_serve_config():
