@@ -28,13 +28,23 @@ class Terminated(KeyboardInterrupt):
     up after Ctrl-C cleans up after it too."""
 
 
+# Set by the SIGTERM handler. A Terminated raised inside ``ray.get`` is swallowed by Ray's
+# core worker, which raises a plain KeyboardInterrupt instead (a SIGTERM during Ray
+# Train's ``fit()``): the interruption that follows a SIGTERM is a termination all the same.
+_sigterm_received = False
+
+
+def _after_sigterm(err: BaseException) -> bool:
+    return isinstance(err, Terminated) or _sigterm_received
+
+
 def interrupt_status(err: KeyboardInterrupt) -> int:
     """The exit status for an interruption: 143 after SIGTERM, 130 after Ctrl-C."""
-    return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if _after_sigterm(err) else EXIT_INTERRUPTED
 
 
 def interrupt_name(err: KeyboardInterrupt) -> str:
-    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+    return "terminated (SIGTERM)" if _after_sigterm(err) else "interrupted"
 
 
 # Called first thing on SIGTERM, before the exception unwinds the stack: ``ray job stop``
@@ -55,6 +65,8 @@ def on_terminate(fn: Callable[[], None]) -> Callable[[], None]:
 
 
 def _sigterm(signum, frame) -> None:
+    global _sigterm_received
+    _sigterm_received = True
     for fn in list(reversed(_on_terminate)):
         with contextlib.suppress(Exception):  # best effort on the way out
             fn()
