@@ -53,6 +53,8 @@ class MlflowClient:
     def __getattr__(self, name: str) -> Any:
         from glue.errors import signals_deferred
 
+        if name.startswith("_"):  # not MLflow's (and no recursion before __init__ ran)
+            raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
