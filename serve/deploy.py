@@ -47,7 +47,7 @@ def deploy(
 
     from serve.app import build_app
 
-    _refuse_other_http_options(host, port)
+    refuse_other_address(host, port)
     logging_config = LoggingConfig(log_level=log_level)
     serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
     logging.getLogger("ray.serve").setLevel(log_level)  # this process's "app is ready" lines
@@ -63,9 +63,11 @@ def deploy(
     return url
 
 
-def _refuse_other_http_options(host: str, port: int) -> None:
-    """Serve keeps the HTTP options it started with: deploying at another host or port
-    would leave the service where it was and wait on an address nobody serves."""
+def refuse_other_address(host: str, port: int) -> None:
+    """Raise :class:`~glue.errors.CliError` when Serve already runs on the cluster at
+    another host or port: Serve keeps the HTTP options it started with, and a deploy would
+    wait on an address nobody serves. (Call it before anything that would shut Serve down
+    on a failure: the running service is someone's.)"""
     from glue.errors import CliError
     from glue.private_api import running_serve_http_options
 

@@ -85,6 +85,34 @@ def test_a_deploy_at_another_port_is_refused_naming_the_running_one(service):
     assert requests.get(f"{service['url']}/v1/health", timeout=30).status_code == 200
 
 
+def test_avarnet_serve_at_another_port_exits_2_and_leaves_the_running_service(service, tmp_path):
+    """`avarnet serve` joining a cluster whose Serve runs at another port: one line, exit
+    2, and the running service is not shut down on the way out."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from workflows.local_cluster import free_ports
+
+    port = int(service["url"].rsplit(":", 1)[1])
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    res = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "serve", "--port", str(free_ports(1)[0])]
+        + [f"output_dir={tmp_path}", "--tracking-uri", service["tracking_uri"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("avarnet:")]
+    assert lines and f"already running on this cluster at 127.0.0.1:{port}" in lines[-1], lines
+    assert "Traceback" not in res.stderr
+    assert requests.get(f"{service['url']}/v1/health", timeout=30).status_code == 200
+
+
 def test_scores_a_clip_as_the_library_does(service, openapi, bench_rows):
     path = _clip(bench_rows, audio=True)
     with path.open("rb") as f:

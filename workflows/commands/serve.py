@@ -65,7 +65,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import threading
 
     from glue.runtime import ray_session
-    from serve.deploy import app_args, deploy, shutdown
+    from serve.deploy import app_args, deploy, refuse_other_address, shutdown
 
     cfg = load_cfg(
         args,
@@ -98,6 +98,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         # After ray.init, which installs a SIGTERM handler of its own.
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        # Serve already running elsewhere: refused before the `finally` below, which
+        # would shut that service down.
+        refuse_other_address(cfg.serve.host, cfg.serve.port)
         try:
             url = deploy(build_args, host=cfg.serve.host, port=cfg.serve.port)
             state["serving"] = True
