@@ -180,22 +180,12 @@ _RAY_FIXTURES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     """Mark every test that starts Ray, a server or a browser as ``integration``, so that
-    ``make test-fast`` (``-m "not integration"``) runs the rest in well under a minute.
-
-    The integration tier runs in two lanes (``-n 2 --dist loadgroup``, see the Makefile):
-    the tests on the multi-node cluster in one process, everything else in the other (about
-    the same CPU time each: measured, 500 and 580 CPU-seconds). The cluster's lane has no
-    use for the session's local Ray but the DDP test's feature table."""
+    ``make test-fast`` (``-m "not integration"``) runs the rest in well under a minute."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if _RAY_FIXTURES & fixtures:
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if item.get_closest_marker("integration") is not None:
-            lane = "cluster" if "ray_cluster" in fixtures else "local"
-            item.add_marker(pytest.mark.xdist_group(lane))
     # The Serve tests share one deployment (tests/serve/conftest.py `service`), which
     # test_limits.py replaces with its own: it runs after every other Serve test.
     limits = ROOT / "tests" / "serve" / "test_limits.py"
