@@ -58,19 +58,24 @@ class HeadNode:
             cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd
         )
 
-    def jobs_api(self, path: str = "") -> Any:
-        """``GET /api/jobs/<path>`` of the head's job API (what ``ray job status`` and
-        ``ray job list`` read) with the cluster's token: an HTTP request instead of a
-        ``ray`` CLI start-up (1-2 s of CPU each, which polling would take from the jobs)."""
+    def api(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """``GET path`` of the head's dashboard (the job and state APIs) with the cluster's
+        token, as JSON: an HTTP request instead of a ``ray`` CLI start-up (1-2 s of CPU
+        each, which polling would take from the jobs under test)."""
         import requests
 
         r = requests.get(
-            f"{self.address}/api/jobs/{path}",
+            f"{self.address}{path}",
+            params=params,
             headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
             timeout=60,
         )
         r.raise_for_status()
         return r.json()
+
+    def jobs_api(self, path: str = "") -> Any:
+        """``GET /api/jobs/<path>``: what ``ray job status`` and ``ray job list`` read."""
+        return self.api(f"/api/jobs/{path}")
 
     def job_status(self, job_id: str) -> str:
         """SUCCEEDED | FAILED | STOPPED | RUNNING | PENDING (UNKNOWN: no such job)."""
@@ -218,23 +223,13 @@ class Cluster:
         """Ray's state API records of ``kind`` (nodes, tasks, actors, jobs, ...), with
         ``key=value`` filters: what ``ray list KIND`` shows, read over HTTP from the head's
         dashboard (a tenth of a second instead of a CLI start-up)."""
-        import requests
-
         params: dict[str, Any] = {"limit": 10000, "detail": int(detail)}
         for f in filters:
             key, _, value = f.partition("=")
             params.setdefault("filter_keys", []).append(key)
             params.setdefault("filter_predicates", []).append("=")
             params.setdefault("filter_values", []).append(value)
-        token = self.head.env["RAY_AUTH_TOKEN"]
-        r = requests.get(
-            f"{self.head.address}/api/v0/{kind}",
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-        )
-        r.raise_for_status()
-        body = r.json()
+        body = self.head.api(f"/api/v0/{kind}", params)
         if not body.get("result"):
             raise RuntimeError(f"state API ({kind}): {body.get('msg')}")
         return body["data"]["result"]["result"]
