@@ -139,12 +139,29 @@ def collate(
 
 
 def table_batches(
-    table: pa.Table, batch_size: int, *, seed: int | None = None
+    table: pa.Table,
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[pa.Table]:
-    """Batches of rows of an in-memory table, shuffled by ``seed`` (None: in order)."""
+    """Batches of rows of an in-memory table, shuffled by ``seed`` (None: in order).
+
+    With ``world_size`` > 1, worker ``rank``'s share of one epoch, as data-parallel
+    training needs it: every worker draws the same permutation and takes every
+    ``world_size``-th row of it from ``rank`` on, the permutation first wrapped round to a
+    multiple of ``world_size`` rows (as ``DistributedSampler`` pads), so that every worker
+    runs the same number of steps. Step ``k`` of the workers together then sees exactly
+    the rows of step ``k`` of one process with ``batch_size * world_size``: the same
+    global batches, whatever the number of workers."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
     n = table.num_rows
     order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
-    for i in range(0, n, batch_size):
+    if world_size > 1 and n:
+        order = np.resize(order, -(-n // world_size) * world_size)[rank::world_size]
+    for i in range(0, len(order), batch_size):
         yield table.take(order[i : i + batch_size])
 
 

@@ -1,10 +1,15 @@
 """Distributed training with Ray Train: the one trainer builder that plain training and
 Tune share, the per-worker loop, and the driver that evaluates and registers the result.
 
-Data: ``ray.data.read_parquet`` over the feature table, split by the ``split`` column;
-``train`` is sharded across workers, ``val`` is read whole by every worker (so each worker
-computes the same validation metrics and rank 0 reports them). Batches are padded with
-masks (:func:`avarnet.batching.pad_batch`).
+Data: the feature table's ``train`` rows are shared out between the workers, ``val`` is
+read whole by every worker (so each worker computes the same validation metrics and rank 0
+reports them). A table of up to ``DRIVER_READ_BYTES`` (any feature table of a few thousand
+clips) is read by the driver and put in the object store once; every worker draws the same
+shuffle each epoch and takes its own rows of it by rank
+(:func:`avarnet.training.table_batches`), so that N workers step through exactly the
+global batches of one process. A larger table streams in through Ray Data
+(``read_parquet``, a streaming split per epoch). Batches are padded with masks
+(:func:`avarnet.batching.pad_batch`).
 
 Checkpoints: every epoch rank 0 writes the current weights, the optimiser state and the
 best weights so far (by validation macro-F1) to ``<storage>/<run>/epochs`` (atomically),
@@ -201,6 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
     :mod:`avarnet.training`'s. ``config`` is plain data (see :func:`build_trainer`);
     ``config["epoch_hook"]``, when set, is called with each epoch number before it runs
     (tests inject worker failures there)."""
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -226,20 +232,39 @@ def train_loop_per_worker(config: dict) -> None:
     with _resume_checkpoint(config["checkpoint_root"], ray.train.get_checkpoint()) as d:
         if d is not None:
             start_epoch, best = load_checkpoint(d, model, optim, device, recipe.patience)
-    cache_bytes = int(config.get("cache_mb", 0) * 2**20)
-    train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
-    val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
-    hook = config.get("epoch_hook")
     # train.batch_size is the global batch: N workers take 1/N of it each, so a step sees
     # as many clips (and the learning rate means the same) whatever the number of workers.
-    per_worker_batch = max(1, recipe.batch_size // ctx.get_world_size())
+    world = ctx.get_world_size()
+    per_worker_batch = max(1, recipe.batch_size // world)
+    if config.get("tables") is not None:  # a small table, in the object store
+        train_table, val_table = ray.get(config["tables"])
+
+        def train_batches(seed: int):
+            return T.table_batches(
+                train_table, per_worker_batch, seed=seed, rank=rank, world_size=world
+            )
+
+        def val_batches():
+            return T.table_batches(val_table, recipe.batch_size)
+    else:  # a large one, through Ray Data
+        cache_bytes = int(config.get("cache_mb", 0) * 2**20)
+        train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
+        val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
+
+        def train_batches(seed: int):
+            return train_data.batches(per_worker_batch, seed=seed)
+
+        def val_batches():
+            return val_data.batches(recipe.batch_size, seed=0, shuffle=False)
+
+    hook = config.get("epoch_hook")
     for epoch in range(start_epoch, recipe.epochs):
         if hook is not None:
             hook(epoch)
         metrics = T.run_epoch(
             model,
-            train_data.batches(per_worker_batch, seed=recipe.seed + epoch),
-            val_data.batches(recipe.batch_size, seed=0, shuffle=False),
+            train_batches(recipe.seed + epoch),
+            val_batches(),
             optim,
             recipe,
             best,
@@ -394,42 +419,33 @@ DRIVER_READ_BYTES = 1 << 30
 SPLITS = ("train", "val")
 
 
-def feature_datasets(
-    features_dir: Path, *, driver_read_bytes: int = DRIVER_READ_BYTES, blocks: int = 16
-) -> dict[str, Any]:
-    """The feature table's train and val splits as materialised Ray Datasets.
+def is_small_table(features_dir: Path, driver_read_bytes: int = DRIVER_READ_BYTES) -> bool:
+    """Whether the driver reads the table itself (see the module's docstring)."""
+    return sum(p.stat().st_size for p in ft.part_files(features_dir)) <= driver_read_bytes
 
-    Feature tables are small (T x D floats per clip): read them once into the object
-    store, so that epochs do not re-read Parquet. Split before materialising: the
-    per-epoch split execution then has no operator that needs a CPU of its own (which a
-    full cluster, e.g. a Tune trial's, may not have).
 
-    A table of at most ``driver_read_bytes`` on disk is read here with pyarrow and handed
-    over with ``ray.data.from_arrow`` (``blocks`` blocks per split, so that workers can
-    share it out): no Ray Data job runs. Reading and filtering through Ray Data's tasks
-    took 7-21 s of start-up on 2 CPUs for 100 clips, more than a small model's whole
-    training; this takes 0.3 s. A larger table still streams in through Ray Data."""
+def feature_tables(features_dir: Path) -> list:
+    """A small table's train and val rows, put in the object store once (their refs)."""
+    import ray
+
+    from avarnet.training import read_split_tables
+
+    return [ray.put(t) for t in read_split_tables(features_dir, SPLITS).values()]
+
+
+def feature_datasets(features_dir: Path) -> dict[str, Any]:
+    """A large table's train and val splits as materialised Ray Datasets (read and filtered
+    by Ray Data's tasks). Split before materialising: the per-epoch split execution then
+    has no operator that needs a CPU of its own (which a full cluster, e.g. a Tune
+    trial's, may not have)."""
     import ray.data
+    from ray.data.expressions import col
 
-    from avarnet.training import COLUMNS, read_split_tables
+    from avarnet.training import COLUMNS
 
     files = [str(p) for p in ft.part_files(features_dir)]
-    if sum(os.path.getsize(f) for f in files) > driver_read_bytes:
-        from ray.data.expressions import col
-
-        table = ray.data.read_parquet(files).select_columns(list(COLUMNS))
-        return {s: table.filter(expr=col("split") == s).materialize() for s in SPLITS}
-    return {
-        split: ray.data.from_arrow(_blocks(table, blocks))
-        for split, table in read_split_tables(features_dir, SPLITS).items()
-    }
-
-
-def _blocks(table, n: int) -> list:
-    """``table`` cut into at most ``n`` slices of consecutive rows (Ray serialises a slice
-    with only its own part of the buffers: Ray registers an Arrow serialiser for that)."""
-    step = max(1, -(-table.num_rows // n))
-    return [table.slice(a, step) for a in range(0, table.num_rows, step)] or [table]
+    table = ray.data.read_parquet(files).select_columns(list(COLUMNS))
+    return {s: table.filter(expr=col("split") == s).materialize() for s in SPLITS}
 
 
 def build_trainer(
@@ -469,7 +485,14 @@ def build_trainer(
     storage = Path(storage_path or Path(cfg.output_dir) / "ray_results").resolve()
     # Every epoch's checkpoint, written by rank 0 before it reports (see write_checkpoint).
     loop_config["checkpoint_root"] = str(storage / run_name / "epochs")
-    datasets = feature_datasets(features_dir)
+    # Reading a small table through Ray Data's tasks took 7-21 s of start-up on 2 CPUs for
+    # 100 clips (more than a small model's whole training), and its per-epoch streaming
+    # split another 2.6-5.7 s and an actor of its own; the driver reads it in 0.3 s.
+    datasets = None
+    if is_small_table(features_dir):
+        loop_config["tables"] = feature_tables(features_dir)
+    else:
+        datasets = feature_datasets(features_dir)
     workers = cfg.train.workers
     use_gpu = cfg.train.gpus_per_worker > 0
     resources = {"CPU": cfg.train.cpus_per_worker}
@@ -486,7 +509,7 @@ def build_trainer(
             label_selector=dict(cfg.train.worker_labels) or None,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(storage),

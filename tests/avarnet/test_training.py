@@ -56,6 +56,34 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert T.lr_at(7, T.Recipe(lr=0.5, warmup_epochs=0, schedule="constant")) == 0.5  # constant
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_workers_shares_of_an_epoch_make_one_process_global_batches(world):
+    """Every worker takes its rows of the same shuffle: step k of all the workers together
+    sees the rows of one process's step k with the global batch, and every worker runs
+    the same number of steps (a short epoch is wrapped round, nothing is left out)."""
+    table, _ = _table(4, 0)
+    table = table.slice(0, 11)  # 2 or 3 workers: one row wrapped round, 6 or 4 rows each
+    ids = table.column("video_id").to_pylist()
+    assert len(set(ids)) == 11
+
+    def steps(rank: int) -> list[list[str]]:
+        got = T.table_batches(table, 2, seed=5, rank=rank, world_size=world)
+        return [b.column("video_id").to_pylist() for b in got]
+
+    one = [b.column("video_id").to_pylist() for b in T.table_batches(table, 2 * world, seed=5)]
+    shares = [steps(r) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1  # the same number of steps on every worker
+    together = [sorted(sum((s[k] for s in shares), [])) for k in range(len(shares[0]))]
+    n_full = 11 // (2 * world)
+    assert together[:n_full] == [sorted(b) for b in one[:n_full]]
+    seen = sum(together, [])
+    assert set(seen) == set(ids)  # every row, each once, but for the wrapped-round ones
+    assert len(seen) == 12
+    assert steps(0) == steps(0)  # the same seed, the same epoch
+    with pytest.raises(ValueError, match="rank 3 is not in a world of 3"):
+        next(T.table_batches(table, 2, rank=3, world_size=3))
+
+
 def test_collate_gives_class_indices_or_multi_hot_targets():
     table, _ = _table(2, 0)
     batch, targets = T.collate(table, LABELS, multilabel=False)

@@ -211,30 +211,27 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     assert res["accuracy"] >= 0.0
 
 
-def test_feature_datasets_are_the_same_read_by_the_driver_or_by_ray_data(
+def test_a_large_table_streams_through_ray_data_with_the_rows_the_driver_reads(
     ray_session, tiny_features
 ):
-    """A small table is read by the driver and handed to Ray as blocks of its own
-    (no Ray Data job); a large one streams in through Ray Data: the same rows either way,
-    and the driver's blocks can be shared out between workers."""
-    from glue.train import feature_datasets
+    """A small table is read by the driver and put in the object store as it is; a large
+    one is read and filtered by Ray Data's tasks: the same rows either way."""
+    from avarnet.training import read_split_tables
+    from glue.train import feature_datasets, feature_tables, is_small_table
 
-    def rows(ds) -> list[tuple]:
-        got = ds.to_pandas()
-        sums = [round(float(np.stack(v).sum()), 3) for v in got["visual"]]
-        lengths = [len(v) for v in got["visual"]]
-        return sorted(zip(got["label"], lengths, got["has_audio"], sums))
+    def rows(frame) -> list[tuple]:
+        sums = [round(float(np.stack(v).sum()), 3) for v in frame["visual"]]
+        lengths = [len(v) for v in frame["visual"]]
+        return sorted(zip(frame["label"], lengths, frame["has_audio"], sums))
 
-    small = feature_datasets(tiny_features, blocks=4)
-    large = feature_datasets(tiny_features, driver_read_bytes=0)
+    assert is_small_table(tiny_features) and not is_small_table(tiny_features, 0)
+    large = feature_datasets(tiny_features)
+    small = dict(zip(("train", "val"), ray_session.get(feature_tables(tiny_features))))
     counts = check_training_data(tiny_features).split_counts
-    for split in ("train", "val"):
-        assert small[split].count() == large[split].count() == counts[split]
-        assert rows(small[split]) == rows(large[split])
-    assert small["train"].num_blocks() == 4
-    halves = small["train"].split(2, equal=True)
-    assert sum(h.count() for h in halves) == counts["train"]
-    assert min(h.count() for h in halves) > 0  # each worker gets rows of its own
+    for split, table in read_split_tables(tiny_features, ("train", "val")).items():
+        assert large[split].count() == small[split].num_rows == counts[split]
+        assert rows(large[split].to_pandas()) == rows(table.to_pandas())
+        assert small[split].equals(table)
 
 
 def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd, new_store):

@@ -71,11 +71,13 @@ def test_ddp_training_across_two_nodes_matches_one_worker(
     print(f"val_loss per epoch: 1 process {val_one}; 2 workers {val_two}")
     print(f"test accuracy: 1 process {one['accuracy']:.3f}; 2 workers {two['accuracy']:.3f}")
     assert len(val_one) == len(val_two) == 4
-    # Not bit-equal: the two workers see other batches (Ray Data splits the shuffled
-    # table), and each normalises its own half-batch. The loss falls alike all the same.
+    # Each step of the two workers together sees the rows of the one process's step
+    # (avarnet.training.table_batches), and DDP averages their gradients: not bit-equal
+    # only by dropout's masks and augmentation, which each worker draws for its own
+    # half-batch (measured: within 0.5 % per epoch).
     assert val_two[-1] < val_two[0] and val_one[-1] < val_one[0]
     for a, b in zip(val_one, val_two):
-        assert abs(a - b) <= 0.05 * a, (val_one, val_two)
+        assert abs(a - b) <= 0.02 * a, (val_one, val_two)
     assert abs(one["accuracy"] - two["accuracy"]) <= 0.2
 
 
