@@ -114,11 +114,17 @@ COMPUTE_POOL = {"avarnet.io/pool": "compute"}
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(request):
     """A real multi-node Ray cluster on this machine (`ray start --head` + two `ray start
     --address=...`, token auth on), started once for the session and shared by the Ray-job
-    and multi-node tests; only its own processes are stopped at the end."""
+    and multi-node tests; only its own processes are stopped at the end.
+
+    Its tests run last (pytest_collection_modifyitems). When no test after them needs
+    the session's local Ray, that one is stopped first: two Rays idling side by side
+    cost the 2 cores about a fifth of one."""
     from workflows.local_cluster import cluster
+
+    _stop_local_ray_unless_needed(request)
 
     # `ray job stop` SIGKILLs a driver 3 s after its SIGTERM by default; the runs are
     # marked KILLED at once either way, but the tests also read the driver's last line.
@@ -131,6 +137,25 @@ def ray_cluster():
         env={"RAY_JOB_STOP_WAIT_TIME_S": "60"},
     ) as c:
         yield c
+
+
+def _stop_local_ray_unless_needed(request) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        return
+    items = request.session.items
+    here = items.index(request.node) if request.node in items else 0
+    if any(
+        "ray_session" in getattr(i, "fixturenames", ())
+        and "ray_cluster" not in getattr(i, "fixturenames", ())
+        for i in items[here:]
+    ):
+        return
+    from ray import serve
+
+    serve.shutdown()  # the session's Serve tests' service, if it is still up
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -186,6 +211,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # The multi-node cluster's tests last: it starts once and stops at the session's end
+    # (and the local Ray before it, see ray_cluster).
+    items.sort(key=lambda i: "ray_cluster" in getattr(i, "fixturenames", ()))
     # The Serve tests share one deployment (tests/serve/conftest.py `service`), which
     # test_limits.py replaces with its own: it runs after every other Serve test.
     limits = ROOT / "tests" / "serve" / "test_limits.py"

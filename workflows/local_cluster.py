@@ -77,6 +77,10 @@ class HeadNode:
         """``GET /api/jobs/<path>``: what ``ray job status`` and ``ray job list`` read."""
         return self.api(f"/api/jobs/{path}")
 
+    def job_logs(self, job_id: str) -> str:
+        """The job driver's log so far: what ``ray job logs`` prints."""
+        return str(self.jobs_api(f"{job_id}/logs")["logs"])
+
     def job_status(self, job_id: str) -> str:
         """SUCCEEDED | FAILED | STOPPED | RUNNING | PENDING (UNKNOWN: no such job)."""
         import requests

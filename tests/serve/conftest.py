@@ -52,4 +52,5 @@ def service(ray_session, registered_model):
     }
     url = deploy(args, port=free_port())
     yield {"url": url, **registered_model}
-    shutdown()
+    if ray_session.is_initialized():  # (the multi-node tests may have stopped it already)
+        shutdown()

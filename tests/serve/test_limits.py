@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ import requests
 
 from avarnet.data.decode import read_header
 from workflows.local_cluster import free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,8 +60,9 @@ def _joined_clip(path: Path, piece: Path, times: int) -> Path:
 @pytest.fixture(scope="module")
 def bounded(ray_session, registered_model, tmp_path_factory):
     """The service with the limits under test; one Encoder replica, so that a long clip
-    and the short ones share it."""
-    from serve.deploy import deploy, shutdown
+    and the short ones share it. Deployed as an operator does (README): serve/config.yaml
+    with this test's store, limits and port, through `serve deploy --address`."""
+    from serve.deploy import shutdown, wait_healthy
 
     args = {
         "model": "models:/avarnet@champion",
@@ -79,7 +83,8 @@ def bounded(ray_session, registered_model, tmp_path_factory):
     # Serve keeps the port it started with: the shared service (tests/serve/conftest.py),
     # whose tests have all run by now, goes first.
     shutdown()
-    url = deploy(args, port=free_ports(1)[0])
+    url = _serve_deploy_config(ray_session, args, free_ports(1)[0], uploads.parent)
+    assert wait_healthy(url, 240)["model"]["uri"] == "models:/avarnet@champion"
     root = tmp_path_factory.mktemp("clips")
     clips = {
         "short": _ffmpeg_clip(root / "short.mp4", 4, size="96x64", rate=10),
@@ -88,6 +93,32 @@ def bounded(ray_session, registered_model, tmp_path_factory):
     clips["two_hours"] = _joined_clip(root / "two_hours.mp4", clips["ten_minutes"], 12)
     yield {"url": url, "clips": clips, "uploads": uploads}
     shutdown()
+
+
+def _serve_deploy_config(ray, args: dict, port: int, folder: Path) -> str:
+    """serve/config.yaml, its app's args updated with ``args`` and its HTTP port set to
+    ``port``, deployed with Serve's CLI on this session's Ray; the service's URL."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    (app,) = cfg["applications"]
+    unknown = set(args) - set(app["args"]) - {"tracking_uri", "upload_dir"}
+    assert not unknown, f"serve/config.yaml does not show {sorted(unknown)}"
+    app["args"].update(args)
+    config = folder / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    dashboard = ray._private.worker.global_worker.node.webui_url
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "serve"), "deploy", str(config)]
+        + ["--address", f"http://{dashboard}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return f"http://127.0.0.1:{port}"
 
 
 def _score(url: str, path: Path, timeout: float = 300) -> tuple[int, dict, float]:

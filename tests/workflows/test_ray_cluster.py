@@ -39,7 +39,7 @@ def submit(cluster, *entrypoint: str, wait: bool = True, timeout: float = 600):
 
 
 def test_ddp_training_across_two_nodes_matches_one_worker(
-    ray_cluster, tiny_features, tmp_path, new_store
+    tiny_features, ray_cluster, tmp_path, new_store
 ):
     """Training as a Ray job, in the job's driver (one process, Ray Train's local mode) and
     then with two DDP workers (gloo) of the same global batch (tests/workflows/ddp_job.py):
@@ -55,7 +55,7 @@ def test_ddp_training_across_two_nodes_matches_one_worker(
         uri,
         str(out),
     )
-    assert res.returncode == 0, ray_cluster.ray("job", "logs", sid).stdout[-4000:]
+    assert res.returncode == 0, ray_cluster.job_logs(sid)[-4000:]
     one, two = (json.loads(out.read_text())[k] for k in ("0", "2"))
     placed = ray_cluster.placement("actors", "RayTrainWorker", sid)
     print(f"training workers per node: {dict(placed)}")
@@ -91,9 +91,10 @@ def test_extraction_survives_a_lost_node(ray_cluster, bench_rows, tmp_path, new_
     from avarnet.data.manifest import write_manifest_csv
     from avarnet.features import table as ft
 
-    # The benchmark's clips five times over, under other ids: enough work (200 clips) for
-    # the node to be lost while clips are still being encoded.
-    rows = [{**r, "video_id": f"{r['video_id']}-{k}"} for k in range(5) for r in bench_rows]
+    # The benchmark's clips three times over, under other ids: enough work (120 clips) for
+    # the node to be lost while clips are still being encoded (it is lost after the first
+    # 10 of them).
+    rows = [{**r, "video_id": f"{r['video_id']}-{k}"} for k in range(3) for r in bench_rows]
     manifest = write_manifest_csv(rows, tmp_path / "manifest.csv")
     compute = {"avarnet.io/pool": ray_cluster.node("cpu2").labels["avarnet.io/pool"]}
     spare = ray_cluster.add_node("spare", num_cpus=1, labels=compute)
@@ -133,7 +134,7 @@ def test_extraction_survives_a_lost_node(ray_cluster, bench_rows, tmp_path, new_
         while (status := ray_cluster.job_status(sid)) in ("PENDING", "RUNNING"):
             assert time.monotonic() < deadline, "the job did not finish in 600 s"
             time.sleep(2)
-        logs = ray_cluster.ray("job", "logs", sid).stdout
+        logs = ray_cluster.job_logs(sid)
         assert status == "SUCCEEDED", logs[-4000:]
         ids = [i for p in ft.part_files(out) for i in pq.read_table(p)["video_id"].to_pylist()]
         counts = Counter(ids)
@@ -157,7 +158,7 @@ def _kill_a_node_while_encoding(cluster, sid: str) -> tuple[str, int]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status = cluster.job(sid)["status"]
-        assert status in ("PENDING", "RUNNING"), cluster.ray("job", "logs", sid).stdout[-3000:]
+        assert status in ("PENDING", "RUNNING"), cluster.job_logs(sid)[-3000:]
         try:
             actors = cluster.placement("actors", "ChunkEncoder", sid, state="ALIVE")
             done = cluster.placement("tasks", "ChunkEncoder", sid, state="FINISHED")

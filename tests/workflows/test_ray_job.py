@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from workflows.local_cluster import BIN
 from workflows.pipeline import STAGES
@@ -173,9 +172,9 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
     first_id = _job_id(first)
     deadline = time.monotonic() + 300
     while not (out / "stages" / "data.json").exists():
-        assert head_node.job_status(first_id) in ("PENDING", "RUNNING"), head_node.ray(
-            "job", "logs", first_id
-        ).stdout[-3000:]
+        assert head_node.job_status(first_id) in ("PENDING", "RUNNING"), head_node.job_logs(
+            first_id
+        )[-3000:]
         assert time.monotonic() < deadline, "the data stage did not finish in 300 s"
         time.sleep(0.5)
     stopped = head_node.ray("job", "stop", first_id, timeout=120)
@@ -184,7 +183,7 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
     # The stop lands during extraction, or later on a busy machine (`ray job stop` takes
     # its time to start): the driver names the stages it finished, and those are marked.
     marked = {p.stem: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
-    logs = head_node.ray("job", "logs", first_id).stdout
+    logs = head_node.job_logs(first_id)
     said = re.search(r"avarnet: terminated \(SIGTERM\) after ([a-z, ]+);", logs)
     assert said, logs[-3000:]
     assert said.group(1).split(", ") == [s for s in STAGES if s in marked], (said, marked)
@@ -205,11 +204,11 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
     t0 = time.monotonic()
     submit = head_node.ray("job", "submit", *job, cwd=ROOT)
     wall = time.monotonic() - t0
-    assert submit.returncode == 0, head_node.ray("job", "logs", _job_id(submit)).stdout[-5000:]
+    assert submit.returncode == 0, head_node.job_logs(_job_id(submit))[-5000:]
     assert head_node.job_status(_job_id(submit)) == "SUCCEEDED"
     print(f"ray job (resumed after data): {wall:.0f} s")
     # The job's log holds the operator's lines (stages, bars, summary), not Ray's.
-    logs = head_node.ray("job", "logs", _job_id(submit)).stdout
+    logs = head_node.job_logs(_job_id(submit))
     assert "[serve] running ..." in logs and "log:" in logs
     for stage in marked:  # finished before the stop: skipped, not redone
         assert f"[{stage}] up to date, skipped" in logs, logs[-3000:]
@@ -259,25 +258,8 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
     proxies = head_node.placement("actors", "ProxyActor")
     assert {"head", "cpu1", "cpu2"} <= set(proxies), proxies
 
-    # ... until an operator removes it, as the README says.
-    _serve_cli(["shutdown", "--address", address, "--yes"], env)
-
-    # An operator deploys the service from serve/config.yaml (this test's store and port;
-    # the replicas fit themselves to the 2-CPU head node), then removes it again.
-    cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    cfg["http_options"] = {"host": "127.0.0.1", "port": head_node.serve_port}
-    app = cfg["applications"][0]
-    app["args"]["tracking_uri"] = uri
-    config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    _serve_cli(["deploy", str(config), "--address", address], env)
-    url = serve_marker["url"]
-    _wait_healthy(url)
-    clip = serve_marker["clip"]
-    with open(clip, "rb") as f:
-        scored = requests.post(f"{url}/v1/score", files={"file": f}, timeout=120)
-    assert scored.status_code == 200, scored.text
-    assert scored.json()["model"]["uri"] == "models:/avarnet@champion"
+    # ... until an operator removes it, as the README says. (Deploying it again from
+    # serve/config.yaml with `serve deploy`: tests/serve/test_limits.py, on the local Ray.)
     _serve_cli(["shutdown", "--address", address, "--yes"], env)
 
 
