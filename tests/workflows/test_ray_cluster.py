@@ -43,7 +43,12 @@ def test_ddp_training_across_two_nodes_matches_one_worker(
 ):
     """Training as a Ray job, in the job's driver (one process, Ray Train's local mode) and
     then with two DDP workers (gloo) of the same global batch (tests/workflows/ddp_job.py):
-    the two workers run on two different nodes, and they learn what one process learns."""
+    the two workers run on two different nodes, and they learn what one process learns.
+    The job's driver joined a cluster started with plain `ray start`: what the project
+    needs in its workers' environment still reaches a Ray Data task and the training
+    workers, without --runtime-env-json."""
+    from glue.runtime import WORKER_ENV
+
     uri = new_store(tmp_path)
     out = tmp_path / "result.json"
     res, sid = submit(
@@ -56,7 +61,10 @@ def test_ddp_training_across_two_nodes_matches_one_worker(
         str(out),
     )
     assert res.returncode == 0, ray_cluster.job_logs(sid)[-4000:]
-    one, two = (json.loads(out.read_text())[k] for k in ("0", "2"))
+    result = json.loads(out.read_text())
+    one, two = result["0"], result["2"]
+    assert result["data_task_env"] == WORKER_ENV, result["data_task_env"]
+    assert result["train_worker_envs"] == [WORKER_ENV] * 2, result["train_worker_envs"]
     placed = ray_cluster.placement("actors", "RayTrainWorker", sid)
     print(f"training workers per node: {dict(placed)}")
     # Two workers at once: nodes of one CPU each hold one worker each.
@@ -91,10 +99,9 @@ def test_extraction_survives_a_lost_node(ray_cluster, bench_rows, tmp_path, new_
     from avarnet.data.manifest import write_manifest_csv
     from avarnet.features import table as ft
 
-    # The benchmark's clips three times over, under other ids: enough work (120 clips) for
-    # the node to be lost while clips are still being encoded (it is lost after the first
-    # 10 of them).
-    rows = [{**r, "video_id": f"{r['video_id']}-{k}"} for k in range(3) for r in bench_rows]
+    # The benchmark's clips twice over, under other ids: enough work (80 clips) for the
+    # node to be lost while clips are still being encoded (it is lost once 10 are).
+    rows = [{**r, "video_id": f"{r['video_id']}-{k}"} for k in range(2) for r in bench_rows]
     manifest = write_manifest_csv(rows, tmp_path / "manifest.csv")
     compute = {"avarnet.io/pool": ray_cluster.node("cpu2").labels["avarnet.io/pool"]}
     spare = ray_cluster.add_node("spare", num_cpus=1, labels=compute)

@@ -58,31 +58,6 @@ def _job_id(res) -> str:
     return re.search(r"raysubmit_\w+", res.stdout + res.stderr).group(0)
 
 
-def test_workers_get_the_project_environment_inside_a_job(head_node, tmp_path):
-    """A driver inside `ray job submit` joins a cluster started with plain `ray start`:
-    what the project needs in its workers' environment still reaches a Ray Data task and a
-    Ray Train worker, without --runtime-env-json."""
-    from glue.runtime import WORKER_ENV
-
-    out = tmp_path / "probe.json"
-    res = head_node.ray(
-        "job",
-        "submit",
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "tests/workflows/job_probe.py",
-        str(out),
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-2000:])
-    seen = json.loads(out.read_text())
-    assert seen["data_task"] == WORKER_ENV, seen
-    assert seen["train_worker"] == WORKER_ENV, seen
-
-
 def test_relative_output_dir_is_refused_inside_a_job(head_node):
     """Inside a job a relative output_dir points into the job's temporary copy of the
     working directory: refused in one line that says what to pass instead."""
