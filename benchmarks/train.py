@@ -5,7 +5,8 @@ pass), in one run.
   plain      batches cut from the table in memory (the same collation code), AdamW, the
              same loss; no checkpoints, no logging;
   Ray Train  ``glue.train.build_trainer`` with ``ScalingConfig(num_workers=1)``:
-             Ray Data shards, per-epoch checkpoint, ``ray.train.report``, MLflow metrics.
+             the table from the object store (rows by rank), per-epoch checkpoint,
+             ``ray.train.report``, MLflow metrics.
 
 Seconds per epoch for Ray Train are the wall time between consecutive epoch reports (from
 the MLflow metric timestamps), after the first epoch; the loop's own ``epoch_seconds`` (the
@@ -145,7 +146,7 @@ def main() -> None:
                         f"train.epochs={args.epochs}",
                         f"train.batch_size={args.batch_size}",
                         "train.workers=1",
-                        "train.cpus_per_worker=1",  # Ray Data needs a CPU beside it
+                        "train.cpus_per_worker=1",
                         "train.threads_per_worker=0",  # but torch uses every core
                     ],
                 )
