@@ -489,7 +489,7 @@ def build_trainer(
     # 100 clips (more than a small model's whole training), and its per-epoch streaming
     # split another 2.6-5.7 s and an actor of its own; the driver reads it in 0.3 s.
     datasets = None
-    if is_small_table(features_dir):
+    if is_small_table(features_dir, DRIVER_READ_BYTES):
         loop_config["tables"] = feature_tables(features_dir)
     else:
         datasets = feature_datasets(features_dir)

@@ -211,18 +211,27 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(
     assert res["accuracy"] >= 0.0
 
 
+def _row_keys(rows) -> list[tuple]:
+    """Feature rows (a pyarrow table or a DataFrame), in order, each by its label, length,
+    audio flag and the sum of its visual features."""
+    frame = rows if hasattr(rows, "iloc") else rows.to_pandas()
+    sums = [round(float(np.stack(v).sum()), 3) for v in frame["visual"]]
+    lengths = [len(v) for v in frame["visual"]]
+    return list(zip(frame["label"], lengths, frame["has_audio"], sums))
+
+
 def test_a_large_table_streams_through_ray_data_with_the_rows_the_driver_reads(
     ray_session, tiny_features
 ):
     """A small table is read by the driver and put in the object store as it is; a large
-    one is read and filtered by Ray Data's tasks: the same rows either way."""
+    one is read and filtered by Ray Data's tasks: the same rows either way. A worker reads
+    its shard of a large one through Ray Data in the first epoch and keeps it in memory for
+    the next ones (glue.train._CachedShard; a shard over its budget streams every epoch)."""
     from avarnet.training import read_split_tables
-    from glue.train import feature_datasets, feature_tables, is_small_table
+    from glue.train import _CachedShard, feature_datasets, feature_tables, is_small_table
 
     def rows(frame) -> list[tuple]:
-        sums = [round(float(np.stack(v).sum()), 3) for v in frame["visual"]]
-        lengths = [len(v) for v in frame["visual"]]
-        return sorted(zip(frame["label"], lengths, frame["has_audio"], sums))
+        return sorted(_row_keys(frame))
 
     assert is_small_table(tiny_features) and not is_small_table(tiny_features, 0)
     large = feature_datasets(tiny_features)
@@ -232,6 +241,19 @@ def test_a_large_table_streams_through_ray_data_with_the_rows_the_driver_reads(
         assert large[split].count() == small[split].num_rows == counts[split]
         assert rows(large[split].to_pandas()) == rows(table.to_pandas())
         assert small[split].equals(table)
+    ids = rows(small["train"].to_pandas())
+    assert len(set(ids)) == len(ids)
+
+    def epoch(shard: _CachedShard, seed: int) -> list[tuple]:
+        return sum((_row_keys(b) for b in shard.batches(4, seed=seed)), [])
+
+    kept = _CachedShard(large["train"].iterator(), max_bytes=2**30)
+    first = epoch(kept, seed=1)  # through Ray Data
+    assert kept.table is not None and sorted(first) == ids
+    assert sorted(epoch(kept, seed=2)) == ids and epoch(kept, 2) == epoch(kept, 2)
+    assert epoch(kept, 2) != epoch(kept, 3)  # reshuffled from memory every epoch
+    streamed = _CachedShard(large["train"].iterator(), max_bytes=1)
+    assert sorted(epoch(streamed, seed=1)) == ids and streamed.table is None
 
 
 def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd, new_store):
