@@ -200,6 +200,25 @@ class _CachedShard:
             )
 
 
+class _TableShard:
+    """A worker's rows of a table in memory: its share of every epoch's shuffle, by rank
+    (:func:`avarnet.training.table_batches`); the same ``batches`` as :class:`_CachedShard`."""
+
+    def __init__(self, table, rank: int = 0, world_size: int = 1):
+        self.table, self.rank, self.world_size = table, rank, world_size
+
+    def batches(self, batch_size: int, *, seed: int, shuffle: bool = True):
+        from avarnet.training import table_batches
+
+        return table_batches(
+            self.table,
+            batch_size,
+            seed=seed if shuffle else None,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train loop (runs on every worker): what is Ray's — the dataset shards, the
     checkpoints a restarted worker resumes from, the reports. The optimisation itself is
@@ -238,33 +257,20 @@ def train_loop_per_worker(config: dict) -> None:
     per_worker_batch = max(1, recipe.batch_size // world)
     if config.get("tables") is not None:  # a small table, in the object store
         train_table, val_table = ray.get(config["tables"])
-
-        def train_batches(seed: int):
-            return T.table_batches(
-                train_table, per_worker_batch, seed=seed, rank=rank, world_size=world
-            )
-
-        def val_batches():
-            return T.table_batches(val_table, recipe.batch_size)
+        train_data = _TableShard(train_table, rank, world)
+        val_data = _TableShard(val_table)  # every worker validates on all of it
     else:  # a large one, through Ray Data
         cache_bytes = int(config.get("cache_mb", 0) * 2**20)
         train_data = _CachedShard(ray.train.get_dataset_shard("train"), cache_bytes)
         val_data = _CachedShard(ray.train.get_dataset_shard("val"), cache_bytes)
-
-        def train_batches(seed: int):
-            return train_data.batches(per_worker_batch, seed=seed)
-
-        def val_batches():
-            return val_data.batches(recipe.batch_size, seed=0, shuffle=False)
-
     hook = config.get("epoch_hook")
     for epoch in range(start_epoch, recipe.epochs):
         if hook is not None:
             hook(epoch)
         metrics = T.run_epoch(
             model,
-            train_batches(recipe.seed + epoch),
-            val_batches(),
+            train_data.batches(per_worker_batch, seed=recipe.seed + epoch),
+            val_data.batches(recipe.batch_size, seed=0, shuffle=False),
             optim,
             recipe,
             best,

@@ -122,6 +122,14 @@ def _serve_deploy_config(ray, args: dict, port: int, folder: Path) -> str:
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    # `serve deploy` returns once the config is submitted; wait, as serve.run does, until
+    # every deployment of the application is running (the Ingress answers health sooner).
+    from ray import serve
+
+    deadline = time.monotonic() + 240
+    while (app := serve.status().applications.get("avarnet")) is None or app.status != "RUNNING":
+        assert time.monotonic() < deadline, f"the application is not running after 240 s: {app}"
+        time.sleep(0.5)
     return f"http://127.0.0.1:{port}"
 
 
