@@ -186,6 +186,21 @@ class Cluster:
         self, name: str, num_cpus: float = 1, labels: dict[str, str] | None = None
     ) -> WorkerNode:
         """Start a worker node joined to the head and wait until the cluster lists it."""
+        return self.add_nodes([{"name": name, "num_cpus": num_cpus, "labels": labels}])[0]
+
+    def add_nodes(self, specs: list[dict]) -> list[WorkerNode]:
+        """Start several worker nodes (``{"name": .., "num_cpus": .., "labels": {..}}``)
+        at once, then wait until the cluster lists every one: each node's start-up is
+        mostly waiting on its own processes, so side by side they take little longer
+        than one."""
+        started = [
+            self._start_node(s["name"], s.get("num_cpus", 1), s.get("labels")) for s in specs
+        ]
+        for node in started:
+            node.node_id = self._wait_for_node(node)
+        return started
+
+    def _start_node(self, name: str, num_cpus: float, labels: dict[str, str] | None) -> WorkerNode:
         node_mgr, obj_mgr, metrics, agent, agent_grpc, rt_env, serve_port = free_ports(7)
         temp_dir = tempfile.mkdtemp(prefix="avr-")
         labels = {"avarnet.io/node": name, **(labels or {})}
@@ -213,7 +228,6 @@ class Cluster:
         env["RAY_ADDRESS"] = self.head.gcs_address
         node = WorkerNode(name, num_cpus, labels, serve_port, _popen(cmd, env, temp_dir), temp_dir)
         self.nodes.append(node)
-        node.node_id = self._wait_for_node(node)
         return node
 
     def node(self, name: str) -> WorkerNode:
@@ -326,12 +340,10 @@ def cluster(
     with head_node(num_cpus=head_cpus, env=env, labels=head_labels) as head:
         c = Cluster(head, [])
         try:
-            for w in workers or []:
-                c.add_node(w["name"], w.get("num_cpus", 1), w.get("labels"))
+            c.add_nodes(workers or [])
             yield c
         finally:
-            for n in list(c.nodes):
-                _stop(n.proc, n.temp_dir, check=False)
+            _stop_all([(n.proc, n.temp_dir) for n in c.nodes], check=False)
 
 
 def session_processes(sid: int) -> list[int]:
@@ -351,24 +363,36 @@ def session_processes(sid: int) -> list[int]:
 
 
 def _stop(proc: subprocess.Popen, temp_dir: str, check: bool = True) -> None:
-    """Stop this head node only: SIGTERM to `ray start --block` (which stops what it
-    started), then SIGKILL to what is left of its session after a few seconds (a graceful
-    stop of a node that ran a job waits ~30 s)."""
-    proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+    """Stop this node only: SIGTERM to `ray start --block` (which stops what it started),
+    then SIGKILL to what is left of its session after a few seconds (a graceful stop of a
+    node that ran a job waits ~30 s)."""
+    _stop_all([(proc, temp_dir)], check=check)
+
+
+def _stop_all(nodes: list[tuple[subprocess.Popen, str]], check: bool = True) -> None:
+    """:func:`_stop` for several nodes at once: every one is told first, so their grace
+    periods run side by side rather than one after the other."""
+    for proc, _ in nodes:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for proc, _ in nodes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     for _ in range(5):
-        left = session_processes(proc.pid)
+        left = [pid for proc, _ in nodes for pid in session_processes(proc.pid)]
         if not left:
             break
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
-    proc.wait(timeout=30)
-    if session_processes(proc.pid) and check:
+    survived = False
+    for proc, temp_dir in nodes:
+        proc.wait(timeout=30)
+        survived |= bool(session_processes(proc.pid))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    if survived and check:
         raise RuntimeError("processes of a Ray node survived")
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_job_api(node: HeadNode, proc: subprocess.Popen) -> None:
