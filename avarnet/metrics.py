@@ -6,6 +6,12 @@ The XD-Violence protocol follows the reference code (Roc-Ng/XDVioDet ``test.py``
 ``list/make_gt.py``; nwpu-zxr/VadCLIP ``make_gt_xd.py``): per-snippet scores repeated 16
 times to frames, frame ground truth from the annotated intervals, all test videos
 concatenated into one precision-recall curve.
+
+The classification metrics are computed here with numpy, exactly as scikit-learn defines
+them (tests/avarnet/test_metrics.py checks them against it): every Ray Train worker and
+Tune trial computes them each epoch, and importing scikit-learn (1.2 s of CPU) in each of
+those processes cost more than the metrics. The average precisions, computed once per
+evaluation, use scikit-learn itself (imported when called).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 __all__ = [
     "accuracy",
@@ -33,13 +38,39 @@ __all__ = [
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of clips whose predicted class is the true one."""
-    return float(skm.accuracy_score(y_true, y_pred))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
+
+
+def _counts(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label: true positives, predicted count (tp + fp) and true count (tp + fn)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    tp = np.array([np.sum((y_true == c) & (y_pred == c)) for c in labels], dtype=np.int64)
+    predicted = np.array([np.sum(y_pred == c) for c in labels], dtype=np.int64)
+    true = np.array([np.sum(y_true == c) for c in labels], dtype=np.int64)
+    return tp, predicted, true
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, 0 where ``den`` is 0 (scikit-learn's ``zero_division=0``)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def _prf(tp, predicted, true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # F1 as scikit-learn computes it: 2 tp / (2 tp + fp + fn) = 2 tp / (predicted + true).
+    return _ratio(tp, predicted), _ratio(tp, true), _ratio(2 * tp, predicted + true)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Unweighted mean of per-class F1 over the classes present in ``y_true`` or ``y_pred``
     (scikit-learn's ``average="macro"``; an undefined F1 counts as 0)."""
-    return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    labels = np.union1d(np.asarray(y_true), np.asarray(y_pred))
+    if not len(labels):
+        return 0.0
+    return float(np.mean(_prf(*_counts(y_true, y_pred, labels))[2]))
 
 
 def per_class_report(
@@ -47,16 +78,15 @@ def per_class_report(
 ) -> list[dict[str, Any]]:
     """One row per class ``i`` (named ``labels[i]``): precision, recall, F1 and support
     (the number of true clips). Classes without true or predicted clips get 0, not NaN."""
-    p, r, f, s = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=np.arange(len(labels)), zero_division=0
-    )
+    tp, predicted, true = _counts(y_true, y_pred, np.arange(len(labels)))
+    p, r, f = _prf(tp, predicted, true)
     return [
         {
             "label": str(name),
             "precision": float(p[i]),
             "recall": float(r[i]),
             "f1": float(f[i]),
-            "support": int(s[i]),
+            "support": int(true[i]),
         }
         for i, name in enumerate(labels)
     ]
@@ -66,14 +96,23 @@ def confusion_matrix(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None
 ) -> np.ndarray:
     """``(C, C)`` int64 counts, rows = true class, columns = predicted class. With
-    ``num_classes``, every class ``0..C-1`` has a row and a column, even if unseen."""
-    labels = None if num_classes is None else np.arange(num_classes)
-    return skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
+    ``num_classes``, every class ``0..C-1`` has a row and a column, even if unseen;
+    without, the classes are those present in ``y_true`` or ``y_pred``, sorted."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = np.arange(num_classes) if num_classes is not None else np.union1d(y_true, y_pred)
+    index = {c: i for i, c in enumerate(labels.tolist())}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true.tolist(), y_pred.tolist()):
+        if t in index and p in index:  # clips of classes outside `labels` are left out
+            cm[index[t], index[p]] += 1
+    return cm
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Binary average precision (scikit-learn's ``average_precision_score``: the step-wise
     sum ``sum_n (R_n - R_{n-1}) P_n``, no interpolation)."""
+    from sklearn import metrics as skm
+
     return float(skm.average_precision_score(y_true, scores))
 
 
@@ -156,6 +195,8 @@ def xd_frame_ap(
     score, gt = np.concatenate(scores), np.concatenate(gts).astype(np.int64)
     if not gt.any():
         raise ValueError("no anomalous frame in the ground truth: AP is undefined")
+    from sklearn import metrics as skm
+
     precision, recall, _ = skm.precision_recall_curve(gt, score)
     return {
         "ap_auc": float(skm.auc(recall, precision)),
