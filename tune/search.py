@@ -1,8 +1,10 @@
 """Hyperparameter search with Ray Tune (the Ray 2.60 Train V2 pattern).
 
-Each trial is a function that builds its ``TorchTrainer`` with the same
-:func:`glue.train.build_trainer` as plain training, with Tune's sampled values as
-config overrides and ``TuneReportCallback`` in its run config, and calls ``fit()``.
+Each trial trains with Tune's sampled values as config overrides: a trial of one worker in
+its own process (the step Ray Train runs; placed on a node with ``train.worker_labels``
+through its placement group's label selector), a trial of several DDP workers through a
+``TorchTrainer`` built by the same :func:`glue.train.build_trainer` as plain training,
+with ``TuneReportCallback`` in its run config.
 ASHA stops weak trials on validation macro-F1 (ties, frequent on small validation sets,
 broken by the validation loss; one Tune iteration = one epoch); Optuna (TPE) proposes
 configurations.
@@ -28,6 +30,7 @@ from typing import Any
 
 from avarnet.config import Config, ConfigError, apply_overrides, config_to_dict
 from glue import private_api
+from glue.runtime import warn_if_unplaceable
 
 __all__ = [
     "SEARCH_SPACE",
@@ -165,10 +168,27 @@ def _trial(config: dict[str, Any]) -> None:
 
 
 def trains_in_trial(cfg: Config) -> bool:
-    """Whether a trial trains in its own process (one worker, no node labels: Tune's trial
-    resources cannot carry a label selector) instead of through a TorchTrainer whose
-    workers are placed as ``train.*`` says."""
-    return cfg.train.workers <= 1 and not cfg.train.worker_labels
+    """Whether a trial trains in its own process (one worker; with ``train.worker_labels``
+    the trial itself is placed on such a node, see :func:`trial_resources`) instead of
+    through a TorchTrainer whose DDP workers are placed as ``train.*`` says."""
+    return cfg.train.workers <= 1
+
+
+def trial_resources(cfg: Config):
+    """What ``tune.with_resources`` gets for one trial: the trial's CPUs and GPUs, as a
+    placement group of one bundle that carries ``train.worker_labels`` as its label
+    selector when there are labels (Tune places the trial's actor in that bundle), or
+    0.01 CPU for a trial whose TorchTrainer reserves its workers' resources itself."""
+    from ray import tune
+
+    if not trains_in_trial(cfg):
+        return {"CPU": 0.01}
+    asked = {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial}
+    bundle = {k: v for k, v in asked.items() if v}
+    labels = dict(cfg.train.worker_labels)
+    if not labels:
+        return bundle
+    return tune.PlacementGroupFactory([bundle], bundle_label_selector=[labels])
 
 
 def _fit_in_trial(cfg: Config, config: dict[str, Any], trial_id: str, run) -> None:
@@ -293,6 +313,11 @@ def run_search(
     from glue import tracking
 
     search = _Search(cfg, features_dir, tracking_uri, name, facts, callbacks, progress)
+    if trains_in_trial(search.cfg) and search.cfg.train.worker_labels:
+        asked = {"CPU": search.cfg.tune.cpus_per_trial, "GPU": search.cfg.tune.gpus_per_trial}
+        warn_if_unplaceable(
+            "Tune trials", search.cfg.train.worker_labels, {k: v for k, v in asked.items() if v}
+        )
     search.open(parent_run_id)
     try:
         default = search.default(baseline)
@@ -408,10 +433,7 @@ class _Search:
 
         t = self.cfg.tune
         in_process = trains_in_trial(self.cfg)
-        resources = {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}
-        if not in_process:  # the trial's TorchTrainer reserves its workers' resources
-            resources = {"CPU": 0.01}
-        trainable = tune.with_resources(_trial, {k: v for k, v in resources.items() if v})
+        trainable = tune.with_resources(_trial, trial_resources(self.cfg))
         path = self.storage / exp_name
         if tune.Tuner.can_restore(str(path)):
             restored = tune.Tuner.restore(

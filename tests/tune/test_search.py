@@ -213,3 +213,23 @@ def test_cli_tune_json_is_one_document(ray_session, tiny_features, tmp_path, cap
     logs = (tiny_features.parent / "logs").glob("tune-*.log")  # beside the feature table
     log = max(logs, key=lambda p: p.stat().st_mtime).read_text()
     assert "View detailed results here" in log
+
+
+def test_trial_resources_carry_the_worker_labels_as_a_selector():
+    """A one-worker trial trains in its own process: its CPUs, placed by the labels
+    through the bundle's label selector; a DDP trial's TorchTrainer reserves its own."""
+    from ray.tune import PlacementGroupFactory
+
+    from tune.search import trains_in_trial, trial_resources
+
+    plain = load_config(None, ["tune.cpus_per_trial=1"])
+    assert trains_in_trial(plain) and trial_resources(plain) == {"CPU": 1}
+    placed = load_config(
+        None, ["tune.cpus_per_trial=0.5", "train.worker_labels=avarnet.io/pool=compute"]
+    )
+    pgf = trial_resources(placed)
+    assert trains_in_trial(placed) and isinstance(pgf, PlacementGroupFactory)
+    assert pgf.bundles == [{"CPU": 0.5}]
+    assert pgf._bound.arguments["bundle_label_selector"] == [{"avarnet.io/pool": "compute"}]
+    ddp = load_config(None, ["train.workers=2", "train.worker_labels=avarnet.io/pool=compute"])
+    assert not trains_in_trial(ddp) and trial_resources(ddp) == {"CPU": 0.01}

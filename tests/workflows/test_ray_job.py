@@ -47,9 +47,8 @@ PLACED = (
     "train.worker_labels=avarnet.io/pool=compute",
     "serve.encoder_labels=avarnet.io/pool=compute",
     "serve.classifier_labels=avarnet.io/pool=compute",
-    # A trial with worker labels trains through a TorchTrainer while its driver holds
-    # 0.01 CPU wherever Tune puts it, maybe on the one-CPU compute node: half a CPU per
-    # trial worker still fits beside it there.
+    # A Tune trial trains in its own process, placed by train.worker_labels; half a CPU,
+    # so that it fits on the one-CPU compute node beside what else runs there.
     "tune.cpus_per_trial=0.5",
 )
 
@@ -196,11 +195,13 @@ def test_pipeline_as_a_ray_job(head_node, tmp_path, new_store):
         "decode tasks": head_node.placement("tasks", "decode_row", job),
         "encoder actors": head_node.placement("actors", "ChunkEncoder", job),
         "training workers": head_node.placement("actors", "RayTrainWorker", job),
+        "Tune trials": head_node.placement("actors", "ImplicitFunc", job),
     }
     print(f"placement (records per node): {placed}")
     assert set(placed["decode tasks"]) == {"cpu1"}, placed
     assert set(placed["encoder actors"]) == {"cpu2"}, placed
-    assert set(placed["training workers"]) == {"cpu2"}, placed  # train and tune trials
+    assert set(placed["training workers"]) == {"cpu2"}, placed
+    assert set(placed["Tune trials"]) == {"cpu2"}, placed
     replicas = {
         kind: head_node.placement("actors", f"ServeReplica:avarnet:{kind}")
         for kind in ("Encoder", "Classifier")
