@@ -255,8 +255,10 @@ def train_loop_per_worker(config: dict) -> None:
     # as many clips (and the learning rate means the same) whatever the number of workers.
     world = ctx.get_world_size()
     per_worker_batch = max(1, recipe.batch_size // world)
-    if config.get("tables") is not None:  # a small table, in the object store
-        train_table, val_table = ray.get(config["tables"])
+    if config.get("tables") is not None:  # a small table: in the object store, or as is
+        tables = config["tables"]
+        local = not isinstance(tables[0], ray.ObjectRef)  # Ray Train's local mode
+        train_table, val_table = tables if local else ray.get(tables)
         train_data = _TableShard(train_table, rank, world)
         val_data = _TableShard(val_table)  # every worker validates on all of it
     else:  # a large one, through Ray Data
@@ -430,13 +432,30 @@ def is_small_table(features_dir: Path, driver_read_bytes: int = DRIVER_READ_BYTE
     return sum(p.stat().st_size for p in ft.part_files(features_dir)) <= driver_read_bytes
 
 
-def feature_tables(features_dir: Path) -> list:
-    """A small table's train and val rows, put in the object store once (their refs)."""
-    import ray
-
+def feature_tables(features_dir: Path, *, local: bool = False) -> list:
+    """A small table's train and val rows, put in the object store once (their refs); or,
+    ``local`` (Ray Train's local mode, the loop in this process), the tables themselves."""
     from avarnet.training import read_split_tables
 
-    return [ray.put(t) for t in read_split_tables(features_dir, SPLITS).values()]
+    tables = list(read_split_tables(features_dir, SPLITS).values())
+    if local:
+        return tables
+    import ray
+
+    return [ray.put(t) for t in tables]
+
+
+def trains_without_ray(cfg: Config, features_dir: str | os.PathLike) -> bool:
+    """``train.workers=0`` on a small table: Ray Train's local mode runs the loop in this
+    process, and the driver reads the table itself, so training needs no Ray at all (a Ray
+    start and stop, ~7 s here, saved)."""
+    features_dir = Path(features_dir)
+    return (
+        cfg.train.workers == 0
+        and features_dir.is_dir()
+        and bool(ft.part_files(features_dir))
+        and is_small_table(features_dir, DRIVER_READ_BYTES)
+    )
 
 
 def feature_datasets(features_dir: Path) -> dict[str, Any]:
@@ -495,16 +514,17 @@ def build_trainer(
     # 100 clips (more than a small model's whole training), and its per-epoch streaming
     # split another 2.6-5.7 s and an actor of its own; the driver reads it in 0.3 s.
     datasets = None
+    workers = cfg.train.workers
     if is_small_table(features_dir, DRIVER_READ_BYTES):
-        loop_config["tables"] = feature_tables(features_dir)
+        loop_config["tables"] = feature_tables(features_dir, local=workers == 0)
     else:
         datasets = feature_datasets(features_dir)
-    workers = cfg.train.workers
     use_gpu = cfg.train.gpus_per_worker > 0
     resources = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
-    warn_if_unplaceable("training workers", cfg.train.worker_labels, resources)
+    if workers:  # (local mode trains here, wherever this process is)
+        warn_if_unplaceable("training workers", cfg.train.worker_labels, resources)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

@@ -310,10 +310,11 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.root / "config.yaml")
         uri = tracking.resolve_tracking_uri(self.cfg.tracking, self.root)
-        # Only the data stage runs without Ray: a re-run with nothing else to do starts
-        # no Ray and no actors.
+        # The data stage runs without Ray, and so does training in this process on a small
+        # table (train.workers=0): a re-run with nothing else to do starts no Ray and no
+        # actors.
         pending = [s for s in wanted if self._done(s) is None]
-        needs_ray = any(s != "data" for s in pending)
+        needs_ray = any(s != "data" and not self._without_ray(s) for s in pending)
         if not pending:
             self._say("[pipeline] nothing to do: every stage is up to date (--force redoes)")
         with (
@@ -331,6 +332,11 @@ class Pipeline:
             if then is not None:
                 then()
         return self.results
+
+    def _without_ray(self, stage: str) -> bool:
+        from glue.train import trains_without_ray
+
+        return stage == "train" and trains_without_ray(self.cfg, self.features_dir)
 
     def _run_stage(self, stage: str, uri: str, parent) -> None:
         """Run one stage (or skip it when up to date) under the pipeline's MLflow run

@@ -289,6 +289,28 @@ def test_cli_train_and_evaluate_json(ray_session, tiny_features, tmp_path, capfd
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_training_in_the_driver_on_a_small_table_starts_no_ray(tiny_features, tmp_path, new_store):
+    """`avarnet train --workers 0` (Ray Train's local mode) on a small table trains and
+    registers without Ray: with RAY_ADDRESS pointing where nothing listens, any ray.init
+    would fail."""
+    import subprocess
+
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    args = ["train", "--features", str(tiny_features), "--epochs", "1", "--workers", "0"]
+    args += ["--json", f"tracking.tracking_uri={new_store(tmp_path)}", f"output_dir={tmp_path}"]
+    res = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained = json.loads(res.stdout)
+    assert trained["model_uri"].startswith("models:/") and 0 <= trained["accuracy"] <= 1
+
+
 def test_cli_train_seeds_reports_mean_and_std_and_registers_the_best_on_validation(
     ray_session,
     tiny_features,

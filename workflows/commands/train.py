@@ -45,9 +45,11 @@ def add(sub: SubParsers) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
 
+    import contextlib
+
     from avarnet.evaluation import format_report
     from glue.runtime import ray_session
-    from glue.train import check_training_data, run_training_seeds
+    from glue.train import check_training_data, run_training_seeds, trains_without_ray
 
     features, cfg, uri = feature_table_config(
         args,
@@ -62,7 +64,7 @@ def _run_train(args: argparse.Namespace) -> int:
         ),
     )
     facts = check_training_data(features)  # bad data fails here, before Ray starts
-    with ray_session():
+    with contextlib.nullcontext() if trains_without_ray(cfg, features) else ray_session():
         res = run_training_seeds(
             cfg, features, tracking_uri=uri, facts=facts, progress=not args.json
         )
