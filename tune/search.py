@@ -174,6 +174,12 @@ def trains_in_trial(cfg: Config) -> bool:
     return cfg.train.workers <= 1
 
 
+def trial_bundle(cfg: Config) -> dict[str, float]:
+    """One trial's (or one trial worker's) CPUs and GPUs, the zero ones left out."""
+    asked = {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial}
+    return {k: v for k, v in asked.items() if v}
+
+
 def trial_resources(cfg: Config):
     """What ``tune.with_resources`` gets for one trial: the trial's CPUs and GPUs, as a
     placement group of one bundle that carries ``train.worker_labels`` as its label
@@ -183,8 +189,7 @@ def trial_resources(cfg: Config):
 
     if not trains_in_trial(cfg):
         return {"CPU": 0.01}
-    asked = {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial}
-    bundle = {k: v for k, v in asked.items() if v}
+    bundle = trial_bundle(cfg)
     labels = dict(cfg.train.worker_labels)
     if not labels:
         return bundle
@@ -314,10 +319,7 @@ def run_search(
 
     search = _Search(cfg, features_dir, tracking_uri, name, facts, callbacks, progress)
     if trains_in_trial(search.cfg) and search.cfg.train.worker_labels:
-        asked = {"CPU": search.cfg.tune.cpus_per_trial, "GPU": search.cfg.tune.gpus_per_trial}
-        warn_if_unplaceable(
-            "Tune trials", search.cfg.train.worker_labels, {k: v for k, v in asked.items() if v}
-        )
+        warn_if_unplaceable("Tune trials", search.cfg.train.worker_labels, trial_bundle(search.cfg))
     search.open(parent_run_id)
     try:
         default = search.default(baseline)
@@ -448,9 +450,7 @@ class _Search:
             ),
             "search_alg": OptunaSearch(seed=seed),
         }
-        worker_bundle = {
-            k: v for k, v in {"CPU": t.cpus_per_trial, "GPU": t.gpus_per_trial}.items() if v
-        }
+        worker_bundle = trial_bundle(self.cfg)
         callbacks = list(self.callbacks)
         if self.progress and not baseline:
             callbacks.append(_progress_callback(num_samples, self.cfg.train.epochs))
