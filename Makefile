@@ -55,7 +55,7 @@ browser: test-deps
 # The unit tier on two processes first (it starts no Ray), then everything that starts Ray,
 # a server or a browser, in one process (a local Ray, then the cluster; two processes, the cluster's
 # tests beside the rest, measured no faster on 2 cores: 676-919 s against 801-1,059 s
-# serial then; serial now 780-924 s). The slowest tests are listed at the end.
+# serial then; serial on 2026-12-02 710-924 s). The slowest tests are listed at the end.
 PYTEST := $(if $(HAS_APT),AVARNET_REQUIRE_BROWSER=1) $(PY) -m pytest
 test: lint test-deps
 	$(PYTEST) -m "not integration" -q -n 2 $(PYTEST_ARGS)

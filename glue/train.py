@@ -448,7 +448,7 @@ def feature_tables(features_dir: Path, *, local: bool = False) -> list:
 def trains_without_ray(cfg: Config, features_dir: str | os.PathLike) -> bool:
     """``train.workers=0`` on a small table: Ray Train's local mode runs the loop in this
     process, and the driver reads the table itself, so training needs no Ray at all (a Ray
-    start and stop, ~7 s here, saved)."""
+    start and stop, 5-6.5 s here, saved)."""
     features_dir = Path(features_dir)
     return (
         cfg.train.workers == 0

@@ -191,6 +191,14 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A session started in the background (`make test &`, nohup, a CI step without job
+    # control) inherits SIGINT ignored, and so would every process it starts: the
+    # Ctrl-C tests would then test nothing (the CLIs rightly keep an inherited SIG_IGN).
+    # A handler is reset to the default at exec, so the children get Ctrl-C back too.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Fixtures that start Ray (or need it running): a test using any of them is an
