@@ -6,7 +6,16 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["APP_NAME", "app_args", "deploy", "replica_counts", "shutdown", "wait_healthy"]
+__all__ = [
+    "APP_NAME",
+    "app_args",
+    "deploy",
+    "remove",
+    "replica_counts",
+    "running_apps",
+    "shutdown",
+    "wait_healthy",
+]
 
 APP_NAME = "avarnet"
 
@@ -63,11 +72,13 @@ def deploy(
     return url
 
 
-def refuse_other_address(host: str, port: int) -> None:
+def refuse_other_address(host: str, port: int) -> bool:
     """Raise :class:`~glue.errors.CliError` when Serve already runs on the cluster at
     another host or port: Serve keeps the HTTP options it started with, and a deploy would
     wait on an address nobody serves. (Call it before anything that would shut Serve down
-    on a failure: the running service is someone's.)"""
+    on a failure: the running service is someone's.)
+
+    Returns whether Serve is running already (at ``host:port``)."""
     from glue.errors import CliError
     from glue.private_api import running_serve_http_options
 
@@ -79,6 +90,7 @@ def refuse_other_address(host: str, port: int) -> None:
             f"until it stops: deploy at {at} (serve.host={running[0]} serve.port={running[1]})"
             f", or stop Serve first (`serve shutdown --yes`; this removes its applications)"
         )
+    return running is not None
 
 
 def wait_healthy(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -109,6 +121,26 @@ def replica_counts(name: str = APP_NAME) -> dict[str, int]:
     return {
         dep: int(status.replica_states.get("RUNNING", 0)) for dep, status in app.deployments.items()
     }
+
+
+def running_apps() -> list[str]:
+    """The names of the Serve applications on the connected cluster (none when Serve is
+    not running)."""
+    from ray import serve
+
+    from glue.private_api import running_serve_http_options
+
+    if running_serve_http_options() is None:  # serve.status() would start nothing, but
+        return []  # it needs a controller to ask
+    return sorted(serve.status().applications)
+
+
+def remove(name: str = APP_NAME) -> None:
+    """Delete application ``name`` and wait until its replicas are gone; Serve's
+    controller, proxies and other applications keep running."""
+    from ray import serve
+
+    serve.delete(name)  # blocks until the application is gone
 
 
 def shutdown() -> None:

@@ -105,3 +105,65 @@ def test_serve_cli_runs_until_ctrl_c_and_shuts_down(registered_model, bench_rows
     )
     assert gone.returncode != 0 and "nothing answers there" in gone.stderr
     assert "Max retries" not in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_serve_cli_on_a_running_serve_removes_only_its_own_application(
+    ray_session, registered_model, bench_rows, tmp_path
+):
+    """On a Ray where Serve already runs another application (a cluster's service),
+    `avarnet serve` deploys beside it at Serve's address and, at Ctrl-C, removes only
+    its own application: Serve and the other application keep answering."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    def other(request) -> str:
+        return "the other application"
+
+    try:
+        serve.run(other.bind(), name="other", route_prefix="/other")
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "workflows.cli",
+                "serve",
+                "--model",
+                "models:/avarnet@champion",
+                "--tracking-uri",
+                registered_model["tracking_uri"],
+                "--port",
+                str(port),
+                f"output_dir={tmp_path}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            ready = ""
+            while time.monotonic() < deadline and proc.poll() is None and "Ctrl-C" not in ready:
+                ready += proc.stdout.readline()
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            with open(bench_rows[0]["path"], "rb") as f:
+                scored = requests.post(f"{url}/v1/score", files={"file": f}, timeout=120)
+            assert scored.status_code == 200, scored.text
+            assert sorted(serve.status().applications) == ["avarnet", "other"]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert "removing the Serve application 'avarnet'" in err
+        assert "shutting the service down" not in err
+        assert list(serve.status().applications) == ["other"]
+        assert requests.get(f"{url}/other", timeout=10).text == "the other application"
+        assert requests.get(f"{url}/v1/health", timeout=10).status_code == 404
+    finally:
+        serve.shutdown()

@@ -29,7 +29,9 @@ def add(sub: SubParsers) -> None:
             "built from the FeatureSpec saved with the model), the MTCN classifier and an "
             "HTTP API: POST /v1/score, GET /v1/health, GET /v1/model, the OpenAPI schema at "
             "/docs and a web page at /. Uses the Ray cluster in RAY_ADDRESS, or starts a "
-            "local Ray. Runs until Ctrl-C, then shuts the service down."
+            "local Ray. Runs until Ctrl-C, then shuts the service down: Serve itself when "
+            "this command started it, else only its own application (other applications "
+            "on a running Serve keep running)."
         ),
     )
     p.add_argument("--model", help="registry URI or artifact folder (default: serve.model_uri)")
@@ -65,7 +67,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     import threading
 
     from glue.runtime import ray_session
-    from serve.deploy import app_args, deploy, refuse_other_address, shutdown
+    from serve.deploy import (
+        APP_NAME,
+        app_args,
+        deploy,
+        refuse_other_address,
+        remove,
+        running_apps,
+        shutdown,
+    )
 
     cfg = load_cfg(
         args,
@@ -100,7 +110,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         # Serve already running elsewhere: refused before the `finally` below, which
         # would shut that service down.
-        refuse_other_address(cfg.serve.host, cfg.serve.port)
+        serve_was_running = refuse_other_address(cfg.serve.host, cfg.serve.port)
+        # Serve already running here (a cluster's, the pipeline's service): this process
+        # deploys its application beside the others and removes only that one at the end.
+        if APP_NAME in running_apps():
+            console.say(f"avarnet: replacing the running Serve application {APP_NAME!r}")
         try:
             url = deploy(build_args, host=cfg.serve.host, port=cfg.serve.port)
             state["serving"] = True
@@ -112,8 +126,15 @@ def _run_serve(args: argparse.Namespace) -> int:
             while not stop.wait(1.0):
                 pass
         finally:
-            console.say("avarnet: shutting the service down")
-            shutdown()
+            if serve_was_running:
+                console.say(
+                    f"avarnet: removing the Serve application {APP_NAME!r} (Serve and its "
+                    "other applications keep running)"
+                )
+                remove()
+            else:
+                console.say("avarnet: shutting the service down")
+                shutdown()
     return 0
 
 
