@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 __all__ = [
     "APP_NAME",
+    "CONTROLLER_ENV",
     "app_args",
     "deploy",
     "remove",
@@ -18,6 +20,12 @@ __all__ = [
 ]
 
 APP_NAME = "avarnet"
+# The Serve controller's environment (serve/config.yaml sets the same). Serve gives a new
+# HTTP proxy 5 s to start before it kills it (RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S), and
+# serve.start / `serve deploy` fail with the proxy's ActorDiedError when it does: on two
+# cores under load (four busy processes) starting a proxy took longer, and both tries of
+# `serve deploy` failed so. 30 s, as Serve's own replica health checks have.
+CONTROLLER_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 def app_args(cfg, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -58,7 +66,12 @@ def deploy(
 
     refuse_other_address(host, port)
     logging_config = LoggingConfig(log_level=log_level)
-    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    env = {k: v for k, v in CONTROLLER_ENV.items() if k not in os.environ}  # the user's wins
+    serve.start(
+        http_options={"host": host, "port": port},
+        logging_config=logging_config,
+        controller_options={"runtime_env": {"env_vars": env}} if env else None,
+    )
     logging.getLogger("ray.serve").setLevel(log_level)  # this process's "app is ready" lines
     serve.run(
         build_app(args),

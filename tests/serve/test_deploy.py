@@ -73,3 +73,19 @@ def test_wait_healthy_gives_up_naming_the_url(tmp_path):
     url = f"http://127.0.0.1:{port}"
     with pytest.raises(TimeoutError, match=rf"{url} did not become healthy within 1 s"):
         wait_healthy(url, timeout_s=1.0)
+
+
+def test_serve_config_yaml_gives_the_controller_what_deploy_gives_it():
+    """`serve deploy serve/config.yaml` and `avarnet serve` start Serve's controller with
+    the same environment (the proxy's start-up allowance), in a block Serve's own deploy
+    schema accepts."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.deploy import CONTROLLER_ENV
+
+    path = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert schema.controller_options.runtime_env["env_vars"] == CONTROLLER_ENV
