@@ -23,8 +23,9 @@ APP_NAME = "avarnet"
 # The Serve controller's environment (serve/config.yaml sets the same). Serve gives a new
 # HTTP proxy 5 s to start before it kills it (RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S), and
 # serve.start / `serve deploy` fail with the proxy's ActorDiedError when it does: on two
-# cores under load (four busy processes) starting a proxy took longer, and both tries of
-# `serve deploy` failed so. 30 s, as Serve's own replica health checks have.
+# cores with two busy processes beside the deploy, starting a proxy took longer, and both
+# tries of `serve deploy` failed so. 30 s, what Serve gives a replica's health check (a
+# proxy it kills anyway is restarted with 2x, 3x ... the allowance).
 CONTROLLER_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
@@ -143,8 +144,8 @@ def running_apps() -> list[str]:
 
     from glue.private_api import running_serve_http_options
 
-    if running_serve_http_options() is None:  # serve.status() would start nothing, but
-        return []  # it needs a controller to ask
+    if running_serve_http_options() is None:  # serve.status() needs a running controller
+        return []
     return sorted(serve.status().applications)
 
 
