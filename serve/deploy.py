@@ -11,10 +11,10 @@ __all__ = [
     "APP_NAME",
     "CONTROLLER_ENV",
     "app_args",
+    "controller_options",
     "deploy",
     "remove",
     "replica_counts",
-    "running_apps",
     "shutdown",
     "wait_healthy",
 ]
@@ -67,11 +67,10 @@ def deploy(
 
     refuse_other_address(host, port)
     logging_config = LoggingConfig(log_level=log_level)
-    env = {k: v for k, v in CONTROLLER_ENV.items() if k not in os.environ}  # the user's wins
     serve.start(
         http_options={"host": host, "port": port},
         logging_config=logging_config,
-        controller_options={"runtime_env": {"env_vars": env}} if env else None,
+        controller_options=controller_options(),
     )
     logging.getLogger("ray.serve").setLevel(log_level)  # this process's "app is ready" lines
     serve.run(
@@ -84,6 +83,14 @@ def deploy(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_healthy(url, timeout_s)
     return url
+
+
+def controller_options() -> dict[str, Any]:
+    """``serve.start``'s ``controller_options``: :data:`CONTROLLER_ENV`, where a value
+    set in this process's environment wins (and so reaches the controller on a cluster
+    too)."""
+    env = {k: os.environ.get(k, v) for k, v in CONTROLLER_ENV.items()}
+    return {"runtime_env": {"env_vars": env}}
 
 
 def refuse_other_address(host: str, port: int) -> bool:
@@ -126,7 +133,8 @@ def wait_healthy(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
 
 
 def replica_counts(name: str = APP_NAME) -> dict[str, int]:
-    """Running replicas per deployment of application ``name`` (from Serve's status)."""
+    """Running replicas per deployment of application ``name`` (from Serve's status); ``{}``
+    when there is no such application."""
     from ray import serve
 
     app = serve.status().applications.get(name)
@@ -135,18 +143,6 @@ def replica_counts(name: str = APP_NAME) -> dict[str, int]:
     return {
         dep: int(status.replica_states.get("RUNNING", 0)) for dep, status in app.deployments.items()
     }
-
-
-def running_apps() -> list[str]:
-    """The names of the Serve applications on the connected cluster (none when Serve is
-    not running)."""
-    from ray import serve
-
-    from glue.private_api import running_serve_http_options
-
-    if running_serve_http_options() is None:  # serve.status() needs a running controller
-        return []
-    return sorted(serve.status().applications)
 
 
 def remove(name: str = APP_NAME) -> None:

@@ -89,3 +89,13 @@ def test_serve_config_yaml_gives_the_controller_what_deploy_gives_it():
     path = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     assert schema.controller_options.runtime_env["env_vars"] == CONTROLLER_ENV
+
+
+def test_a_proxy_allowance_set_in_the_environment_reaches_the_controller(monkeypatch):
+    from serve.deploy import CONTROLLER_ENV, controller_options
+
+    (key,) = CONTROLLER_ENV
+    monkeypatch.delenv(key, raising=False)
+    assert controller_options() == {"runtime_env": {"env_vars": CONTROLLER_ENV}}
+    monkeypatch.setenv(key, "90")
+    assert controller_options()["runtime_env"]["env_vars"][key] == "90"

@@ -73,7 +73,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         deploy,
         refuse_other_address,
         remove,
-        running_apps,
+        replica_counts,
         shutdown,
     )
 
@@ -113,7 +113,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         serve_was_running = refuse_other_address(cfg.serve.host, cfg.serve.port)
         # Serve already running here (a cluster's, the pipeline's service): this process
         # deploys its application beside the others and removes only that one at the end.
-        if APP_NAME in running_apps():
+        if serve_was_running and replica_counts(APP_NAME):  # {} when there is no such app
             console.say(f"avarnet: replacing the running Serve application {APP_NAME!r}")
         try:
             url = deploy(build_args, host=cfg.serve.host, port=cfg.serve.port)
