@@ -30,6 +30,10 @@ Layouts (:func:`read_manifest`, ``format=``):
   codes' names. Optional test annotations (``name s1 e1 s2 e2 ...`` per line, frame
   indices, end exclusive; a stray ``.mp4`` on the name is accepted).
 
+With ``format="auto"`` a folder holding a ``manifest.csv`` (what ``avarnet synth`` writes
+beside its clips, and ``avarnet manifest --out``) is read as that CSV: its splits and frame
+intervals are the dataset's, and walking the folders would lose both.
+
 Rows without a split get the deterministic stratified split of :func:`assign_splits`.
 Anything wrong with one clip or one annotation line is a *problem*
 (``{"file": ..., "reason": ...}``) listed in the result, never a crash; a missing path or a
@@ -53,6 +57,7 @@ import numpy as np
 __all__ = [
     "CSV_COLUMNS",
     "FORMATS",
+    "MANIFEST_FILE",
     "SPLITS",
     "VIDEO_EXTENSIONS",
     "XD_LABEL_CODES",
@@ -76,6 +81,8 @@ VIDEO_EXTENSIONS = (
 )  # fmt: skip
 SPLITS = ("train", "val", "test")
 FORMATS = ("auto", "folders", "csv", "xd-violence")
+# A dataset folder's own manifest: read instead of walking the folder (format "auto").
+MANIFEST_FILE = "manifest.csv"
 CSV_COLUMNS = ("video_id", "path", "label", "labels", "split", "gt_intervals", "gt_available")
 
 # XD-Violence label codes (there is no B3). Source: VadCLIP's label map, the HF loader.
@@ -178,6 +185,8 @@ def read_manifest(
     if format not in FORMATS:
         raise ManifestError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     fmt = detect_format(path) if format == "auto" else format
+    if fmt == "csv" and os.path.isdir(path) and format == "auto":
+        path = os.path.join(path, MANIFEST_FILE)
     if fmt == "csv":
         if os.path.isdir(path):
             raise ManifestError(f"{path}: is a directory, expected a CSV file")
@@ -208,7 +217,7 @@ def read_manifest(
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``csv`` for a ``.csv`` file; ``xd-violence`` for a folder where at least half of
+    """``csv`` for a ``.csv`` file or a folder holding a :data:`MANIFEST_FILE`; ``xd-violence`` for a folder where at least half of
     the video names follow the XD-Violence pattern; else ``folders``.
 
     Raises:
@@ -219,6 +228,8 @@ def detect_format(path: str | os.PathLike) -> str:
         if path.lower().endswith(".csv"):
             return "csv"
         raise ManifestError(f"{path}: not a dataset folder or a .csv manifest")
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+        return "csv"
     stems = [Path(rel).stem for rel in _walk_videos(path)]
     xd = sum(bool(_XD_NAME_RE.search(s)) for s in stems)
     return "xd-violence" if stems and 2 * xd >= len(stems) else "folders"

@@ -18,9 +18,15 @@ def test_synth_manifest_inspect_print_one_json_document_each(tmp_path, capfd):
     synth = json.loads(capfd.readouterr().out)
     assert synth["clips"] == 10 and synth["manifest"].endswith("manifest.csv")
 
+    # The folder holds synth's manifest.csv: it is read (splits, frame intervals kept).
     assert main(["manifest", str(out), "--json"]) == 0
     manifest = json.loads(capfd.readouterr().out)
-    assert manifest["clips"] == 10 and manifest["format"] == "folders"
+    assert manifest["clips"] == 10 and manifest["format"] == "csv"
+    assert manifest["annotated_clips"] == 10
+    assert main(["manifest", str(out), "--format", "folders", "--json"]) == 0
+    walked = json.loads(capfd.readouterr().out)
+    assert walked["clips"] == 10 and walked["format"] == "folders"
+    assert walked["annotated_clips"] == 0
 
     clip = next(out.glob("*/*.mp4"))
     assert main(["inspect", str(clip), "--json"]) == 0
