@@ -130,6 +130,9 @@ class FeaturesConfig:
     segment_seconds: float | None = None
     segment_frames: int | None = None  # XD-Violence: 16
     frames_per_segment: int | None = None
+    # The backbone stages whose feature maps (max-pooled over space) make the visual
+    # features; [] = the backbone's pooled output. None: the preset's (tiny: [0, 1, 2]).
+    visual_stages: tuple[int, ...] | None = None
     workers: int = 1  # encoder actors
     gpus_per_worker: float = 0.0
     encoder_cpus: float = 1.0  # CPUs reserved per encoder actor

@@ -46,6 +46,7 @@ def spec_from_config(cfg: Config) -> FeatureSpec:
             "segment_seconds": f.segment_seconds,
             "segment_frames": f.segment_frames,
             "frames_per_segment": f.frames_per_segment,
+            "visual_stages": f.visual_stages,
             "chunk_segments": f.chunk_segments,
             "precision": f.precision,
         }.items()

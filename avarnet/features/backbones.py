@@ -8,8 +8,12 @@ The backbones themselves live in :mod:`~avarnet.features.audio` (Wav2Vec2) and
   The default for real use; it needs the Hugging Face hub (or its local cache).
 - ``full-random``: the same architectures, randomly initialised (seed 0). Same shapes and
   cost as ``paper``, for benchmarks where no weights can be downloaded.
-- ``tiny``: a 2-layer, 64-d Wav2Vec2 and ``mobilevit_xxs`` (320-d) at 64 x 64, both
-  randomly initialised, 4 frames per 1 s segment: for tests and the demo on a CPU.
+- ``tiny``: a 2-layer, 64-d Wav2Vec2 with 128 channels in its convolutional encoder
+  (``wav2vec2_tiny_c128``) and ``mobilevit_xxs`` at 64 x 64, both randomly initialised, 4
+  frames per 1 s segment: for tests and the demo on a CPU. Its visual
+  features are MobileViT's first three stages, each max-pooled over space (88-d:
+  ``visual_stages``), not the pooled last map (320-d): random deep stages lose what the
+  early ones see.
 
 Every preset decodes and encodes :data:`~avarnet.features.spec.DEFAULT_CHUNK_SEGMENTS`
 segments at a time (``chunk_segments``, the audio context) in float32 (``precision``);
@@ -58,6 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "segment_seconds": 1.0,
         "segment_frames": None,
         "pooling": "mean",
+        "visual_stages": (),
     },
     "full-random": {
         "audio_backbone": "random:wav2vec2_base",
@@ -69,9 +74,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "segment_seconds": 1.0,
         "segment_frames": None,
         "pooling": "mean",
+        "visual_stages": (),
     },
     "tiny": {
-        "audio_backbone": "random:wav2vec2_tiny",
+        # 128 filters in the random convolutional encoder, not 32 (avarnet.features.audio).
+        "audio_backbone": "random:wav2vec2_tiny_c128",
         "audio_revision": "seed=0",
         "visual_backbone": "mobilevit_xxs",
         "visual_weights": "random:seed=0",
@@ -80,6 +87,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "segment_seconds": 1.0,
         "segment_frames": None,
         "pooling": "mean",
+        # Random weights: the first three stages (the first MobileViT block included), each
+        # max-pooled over space, not the pooled last map. Deep random stages mix colour and
+        # shape into noise; on the 12-clips-per-class benchmark a linear probe tells the
+        # five visual signatures apart from clip means at 0.94 this way against 0.78, and
+        # early fusion reaches 0.90-0.95 on every training seed (README, Model and training).
+        "visual_stages": (0, 1, 2),
     },
 }
 # ...and the chunk length and precision, which every preset leaves at the FeatureSpec's
@@ -120,7 +133,10 @@ def build_feature_spec(preset: str = "paper", **overrides: Any) -> FeatureSpec:
     fields.update(audio_spec_fields(chosen["audio_backbone"], chosen["audio_revision"]))
     fields.update(
         visual_spec_fields(
-            chosen["visual_backbone"], chosen["visual_weights"], chosen["image_size"]
+            chosen["visual_backbone"],
+            chosen["visual_weights"],
+            chosen["image_size"],
+            chosen["visual_stages"],
         )
     )
     return FeatureSpec(preset=preset, **fields)
@@ -237,7 +253,9 @@ def build_encoders(
     if not spec.audio_backbone.startswith(RANDOM_PREFIX) and is_local(spec.audio_backbone):
         found["audio_revision"] = ameta.revision  # the folder's digest
     _check(spec, found, f"audio backbone {spec.audio_backbone}")
-    visual_model, vmeta = load_visual_backbone(spec.visual_backbone, weights=spec.visual_weights)
+    visual_model, vmeta = load_visual_backbone(
+        spec.visual_backbone, weights=spec.visual_weights, stages=spec.visual_stages
+    )
     found = {
         "visual_dim": vmeta.num_features,
         "visual_revision": vmeta.revision,

@@ -9,7 +9,7 @@ spec and Serve rebuilds its encoders from the spec saved with the model.
 Field meanings and units:
 
 - ``audio_backbone``: Hugging Face model id (``facebook/wav2vec2-base``), a local
-  ``save_pretrained`` folder, or ``random:<arch>`` (``random:wav2vec2_tiny``,
+  ``save_pretrained`` folder, or ``random:<arch>`` (``random:wav2vec2_tiny_c128``, ``random:wav2vec2_tiny``,
   ``random:wav2vec2_base``) for a randomly initialised architecture.
 - ``audio_revision``: hub commit hash or branch (``"main"``), ``"sha256:<hex>"`` of a
   local folder's config and weight files, or ``"seed=<n>"`` for random weights.
@@ -27,6 +27,11 @@ Field meanings and units:
   segment (see :mod:`avarnet.data.decode`); ``frames_per_segment`` K frames per segment.
 - ``audio_dim`` / ``visual_dim``: feature sizes Da, Dv. ``pooling``: how backbone frames
   are reduced to one vector per segment (``"mean"``).
+- ``visual_stages``: what one frame's visual vector is. Empty (every spec written before
+  the field, and the ``paper`` preset): the backbone's pooled output (timm's global average
+  of the last feature map). Otherwise the feature maps of these stages (indices into the
+  timm model's ``feature_info``), each max-pooled over space, concatenated
+  (:class:`~avarnet.features.visual.StagePool`); ``visual_dim`` is their channels' sum.
 - ``chunk_segments``: segments decoded and encoded together. Wav2Vec2 sees one chunk's
   audio at a time, so this is the audio context and changes the audio features. Specs
   written before it was recorded read as :data:`DEFAULT_CHUNK_SEGMENTS`, the value every
@@ -115,6 +120,7 @@ class FeatureSpec:
     pooling: str = "mean"
     chunk_segments: int = DEFAULT_CHUNK_SEGMENTS
     precision: str = "fp32"
+    visual_stages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise types so that a spec read from JSON equals the one that was written.
@@ -145,6 +151,16 @@ class FeatureSpec:
         if self.pooling not in POOLINGS:
             raise ValueError(f"FeatureSpec.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_(self, "audio_normalize", bool(self.audio_normalize))
+        stages = self.visual_stages
+        if isinstance(stages, (str, bytes)) or not isinstance(stages, (list, tuple)):
+            raise ValueError(f"FeatureSpec.visual_stages must be a list of stages, got {stages!r}")
+        if any(isinstance(i, bool) or int(i) != i or i < 0 for i in stages) or list(
+            stages
+        ) != sorted(set(stages)):
+            raise ValueError(
+                f"FeatureSpec.visual_stages must be increasing stage indices, got {list(stages)}"
+            )
+        set_(self, "visual_stages", tuple(int(i) for i in stages))
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"FeatureSpec.precision must be one of {PRECISIONS}, got {self.precision!r}"
@@ -156,6 +172,7 @@ class FeatureSpec:
         """Plain JSON-ready dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["visual_stages"] = list(self.visual_stages)
         return d
 
     @classmethod

@@ -4,11 +4,18 @@ Weights are timm's pretrained ones (``timm.create_model(pretrained=True)``), a l
 checkpoint file, or random (``random:seed=<n>``, a pure function of the seed). Mean, std,
 input size and interpolation come from ``timm.data.resolve_data_config``. timm is imported
 inside the functions.
+
+What a frame's vector is (``FeatureSpec.visual_stages``): by default the model's own
+pooled output (the last feature map, average-pooled over space: timm's ``num_classes=0``);
+with stages named, :class:`StagePool`: those stages' feature maps (timm's
+``forward_intermediates``, which stops after the last one named), each max-pooled over
+space, concatenated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ import torch
 from avarnet.features.weights import RANDOM_PREFIX, hub_hint, parse_seed, sha256_files
 
 __all__ = [
+    "StagePool",
     "VisualBackboneMeta",
     "load_visual_backbone",
     "normalise_visual_weights",
@@ -61,13 +69,59 @@ def _visual_meta(model: torch.nn.Module, revision: str | None) -> VisualBackbone
     )
 
 
+class StagePool(torch.nn.Module):
+    """A timm model's feature maps at ``stages`` (indices into ``model.feature_info``), each
+    max-pooled over space and concatenated: ``(B, 3, H, W) -> (B, sum of their channels)``.
+
+    The forward pass stops after the last stage named. The maximum keeps a small coloured
+    shape that fills a few cells of a map, where the average over the whole frame dilutes it
+    (and a box over half the frame halves it)."""
+
+    def __init__(self, model: torch.nn.Module, stages: Sequence[int]):
+        super().__init__()
+        self.stages = check_stages(model, stages)
+        self.model = model
+        self.num_features = sum(int(model.feature_info[i]["num_chs"]) for i in self.stages)
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.model.forward_intermediates(
+            x, indices=list(self.stages), intermediates_only=True, stop_early=True
+        )
+        return torch.cat([m.amax(dim=(2, 3)) for m in maps], dim=1)
+
+
+def check_stages(model: torch.nn.Module, stages: Sequence[int]) -> tuple[int, ...]:
+    """``stages`` as a tuple, or ``ValueError`` unless they are increasing indices into the
+    model's ``feature_info`` (a model without one cannot give stage features)."""
+    info = getattr(model, "feature_info", None)
+    name = type(model).__name__
+    if not info or not hasattr(model, "forward_intermediates"):
+        raise ValueError(f"visual_stages: timm model {name} has no feature stages to read")
+    stages = tuple(int(i) for i in stages)
+    if (
+        not stages
+        or list(stages) != sorted(set(stages))
+        or not 0 <= stages[0] <= stages[-1] < len(info)
+    ):
+        raise ValueError(
+            f"visual_stages {list(stages)}: expected increasing indices in 0..{len(info) - 1} "
+            f"({name}'s stages: {[f['module'] for f in info]})"
+        )
+    return stages
+
+
 def _pretrained_id(model: torch.nn.Module, name: str) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("hf_hub_id") or (f"{name}.{cfg['tag']}" if cfg.get("tag") else name)
 
 
 def load_visual_backbone(
-    name: str = "mobilevit_s", *, weights: str = "pretrained", seed: int = 0
+    name: str = "mobilevit_s",
+    *,
+    weights: str = "pretrained",
+    seed: int = 0,
+    stages: Sequence[int] = (),
 ) -> tuple[torch.nn.Module, VisualBackboneMeta]:
     """Create a timm model that returns pooled features (``num_classes=0``), in eval mode.
 
@@ -78,11 +132,21 @@ def load_visual_backbone(
             timm's training script; classifier weights are dropped, every other key must
             match), ``"random"`` (seeded by ``seed``) or ``"random:seed=<n>"``.
         seed: seed for ``"random"``.
+        stages: empty (the model's pooled output) or the stages whose feature maps, each
+            max-pooled over space, make the features (:class:`StagePool`).
 
     Returns:
         The model and its :class:`VisualBackboneMeta` (mean, std, input size and
         interpolation from ``timm.data.resolve_data_config``).
     """
+    model, meta = _load_timm(name, weights, seed)
+    if not stages:
+        return model, meta
+    pooled = StagePool(model, stages).eval()
+    return pooled, replace(meta, num_features=pooled.num_features)
+
+
+def _load_timm(name: str, weights: str, seed: int) -> tuple[torch.nn.Module, VisualBackboneMeta]:
     import timm
 
     weights = f"random:seed={seed}" if weights == "random" else normalise_visual_weights(weights)
@@ -124,7 +188,9 @@ def load_visual_backbone(
     return model.eval(), _visual_meta(model, sha256_files([path]))
 
 
-def visual_spec_fields(name: str, weights: str, image_size: int | None) -> dict[str, Any]:
+def visual_spec_fields(
+    name: str, weights: str, image_size: int | None, stages: Sequence[int] = ()
+) -> dict[str, Any]:
     """The spec's visual fields, from timm's config (the model is built on the meta device,
     so no memory is allocated and no weights are loaded)."""
     import timm
@@ -147,10 +213,15 @@ def visual_spec_fields(name: str, weights: str, image_size: int | None) -> dict[
             )
         weights, revision = str(path.resolve()), sha256_files([path])
     meta = _visual_meta(model, revision)
+    dim = meta.num_features
+    if stages:
+        stages = check_stages(model, stages)
+        dim = sum(int(model.feature_info[i]["num_chs"]) for i in stages)
     return {
         "visual_weights": weights,
         "visual_revision": revision,
-        "visual_dim": meta.num_features,
+        "visual_stages": tuple(int(i) for i in stages),
+        "visual_dim": dim,
         "image_size": int(image_size) if image_size else meta.input_size[-1],
         "mean": meta.mean,
         "std": meta.std,

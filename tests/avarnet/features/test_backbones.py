@@ -14,7 +14,7 @@ import torch
 
 from avarnet.features.audio import load_audio_backbone, random_audio_backbone
 from avarnet.features.backbones import build_encoders, build_feature_spec
-from avarnet.features.spec import FeatureSpecMismatch
+from avarnet.features.spec import FeatureSpec, FeatureSpecMismatch
 from avarnet.features.visual import load_visual_backbone
 
 
@@ -34,6 +34,9 @@ def test_random_weights_are_a_function_of_the_seed():
     assert _abs_sum(audio) == pytest.approx(4283.351959550433, rel=1e-9)
     assert _abs_sum(visual) == pytest.approx(38290.12035039843, rel=1e-9)
     assert (meta.hidden_size, meta.revision, vmeta.num_features) == (64, "seed=0", 320)
+    wide, wmeta = random_audio_backbone("wav2vec2_tiny_c128", seed=0)  # the tiny preset's
+    assert _abs_sum(wide) == pytest.approx(18940.337740621733, rel=1e-9)
+    assert wmeta.hidden_size == 64 and tuple(wide.config.conv_dim) == (128,) * 7
     state = torch.random.get_rng_state()
     other, _ = random_audio_backbone("wav2vec2_tiny", seed=1)
     assert _abs_sum(other) != _abs_sum(audio)
@@ -61,8 +64,12 @@ def saved(tmp_path_factory):
 def test_pretrained_loading_path_reproduces_the_saved_models(saved):
     d = saved["dir"]
     spec = build_feature_spec(
-        "tiny", audio_backbone=str(d / "w2v"), visual_weights=str(d / "mvit.pth")
+        "tiny",
+        audio_backbone=str(d / "w2v"),
+        visual_weights=str(d / "mvit.pth"),
+        visual_stages=(),  # the model's own pooled output (the paper preset's)
     )
+    assert spec.visual_dim == 320
     assert spec.audio_normalize is False  # read from preprocessor_config.json
     assert spec.audio_revision.startswith("sha256:")
     assert spec.visual_revision.startswith("sha256:")
@@ -76,6 +83,34 @@ def test_pretrained_loading_path_reproduces_the_saved_models(saved):
         )
         assert torch.equal(enc.audio_model(wave).last_hidden_state, expected_a)
         assert torch.equal(enc.visual_model(image), expected_v)
+
+
+def test_stage_features_are_each_stages_spatial_maximum(saved):
+    """The tiny preset's visual features: stages 0, 1 and 2 of MobileViT, each max-pooled
+    over space, concatenated (16 + 24 + 48 channels), computed here stage by stage."""
+    d = saved["dir"]
+    spec = build_feature_spec("tiny", visual_weights=str(d / "mvit.pth"))
+    assert (spec.visual_stages, spec.visual_dim) == ((0, 1, 2), 88)
+    enc = build_encoders(spec)
+    image = torch.rand(3, 3, 64, 64)
+    model = saved["visual"]
+    with torch.inference_mode():
+        x, parts = model.stem(image), []
+        for stage in model.stages[:3]:
+            x = stage(x)
+            parts.append(x.amax(dim=(2, 3)))
+        got = enc.visual_model(image)
+        assert got.shape == (3, 88)
+        torch.testing.assert_close(got, torch.cat(parts, dim=1), rtol=0, atol=1e-6)
+    # The spec says which stages; a spec without the field (older tables) reads as ().
+    old = spec.to_dict()
+    del old["visual_stages"]
+    assert FeatureSpec.from_dict(old).visual_stages == ()
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="increasing indices in 0..4"):
+        build_feature_spec("tiny", visual_stages=(2, 7))
+    with pytest.raises(ValueError, match="increasing stage indices"):
+        FeatureSpec.from_dict({**old, "visual_stages": [2, 1]})
 
 
 def test_changed_weights_or_wrong_architecture_are_refused(saved, tmp_path):

@@ -63,9 +63,9 @@ def chunks(spec) -> list[ClipChunk]:
 def test_shapes_and_determinism_across_builds(spec, enc, chunks):
     out = enc.encode_chunks(chunks)
     assert [(a.shape, v.shape) for a, v in out] == [
-        ((3, 64), (3, 320)),
-        ((2, 64), (2, 320)),
-        ((1, 64), (1, 320)),
+        ((3, 64), (3, 88)),
+        ((2, 64), (2, 88)),
+        ((1, 64), (1, 88)),
     ]
     assert all(a.dtype == np.float32 and v.dtype == np.float32 for a, v in out)
     assert all(np.isfinite(a).all() and np.isfinite(v).all() for a, v in out)
@@ -123,7 +123,7 @@ def test_no_audio_gives_zeros_without_running_the_backbone(spec, enc, chunks, mo
     monkeypatch.setattr(enc.audio_model, "forward", fail)
     ((a, v),) = enc.encode_chunks([silent])
     assert a.shape == (2, 64) and not a.any()
-    assert v.shape == (2, 320) and v.any()
+    assert v.shape == (2, 88) and v.any()
 
 
 def test_inputs_that_do_not_fit_the_spec_are_refused(spec, enc):
@@ -145,7 +145,7 @@ def test_encode_clip_on_a_real_video(spec, enc, tmp_path):
     audio = (0.1 * rng.standard_normal((1, 3 * SR))).astype(np.float32)
     write_av_clip(path, video, 12, audio, SR)
     feats = enc.encode_clip(path)
-    assert feats.audio.shape == (3, 64) and feats.visual.shape == (3, 320)
+    assert feats.audio.shape == (3, 64) and feats.visual.shape == (3, 88)
     assert feats.has_audio and feats.info.duration_s == pytest.approx(3.0, abs=0.01)
     np.testing.assert_allclose(feats.bounds_s, [0, 1, 2, 3])
     ((a, v),) = enc.encode_chunks([decode_clip(path, spec.decode_options())])
