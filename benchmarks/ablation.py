@@ -214,8 +214,9 @@ def _clip_means(table, modality: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def _probes(features: Path) -> dict[str, tuple[float, float]]:
-    """Test accuracy and macro-F1 of a logistic regression (C = 1) on clip-mean features,
+def _probes(features: Path) -> dict[str, tuple[float, ...]]:
+    """Test accuracy, macro-F1 and signature accuracies (:func:`_signature_accuracy`) of a
+    logistic regression (C = 1) on clip-mean features,
     fitted on the train split, per entry of :data:`PROBES`."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -241,7 +242,9 @@ def _probes(features: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _table(results: dict[str, list[tuple[float, float]]], probes, args) -> None:
+def _table(results: dict[str, list[tuple[float, ...]]], probes, args) -> None:
+    """``results``: per fusion, one ``(accuracy, macro-F1, visual signature, audio
+    signature)`` per seed; ``probes``: the same four per probe."""
     seeds = len(next(iter(results.values())))
     print(
         f"\n| model | test accuracy (mean ± std, {seeds} seeds) | test macro-F1 "

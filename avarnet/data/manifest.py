@@ -217,8 +217,9 @@ def read_manifest(
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``csv`` for a ``.csv`` file or a folder holding a :data:`MANIFEST_FILE`; ``xd-violence`` for a folder where at least half of
-    the video names follow the XD-Violence pattern; else ``folders``.
+    """``csv`` for a ``.csv`` file or a folder holding a :data:`MANIFEST_FILE`;
+    ``xd-violence`` for a folder where at least half of the video names follow the
+    XD-Violence pattern; else ``folders``.
 
     Raises:
         ManifestError: a file that is not a ``.csv``.

@@ -9,8 +9,9 @@ spec and Serve rebuilds its encoders from the spec saved with the model.
 Field meanings and units:
 
 - ``audio_backbone``: Hugging Face model id (``facebook/wav2vec2-base``), a local
-  ``save_pretrained`` folder, or ``random:<arch>`` (``random:wav2vec2_tiny_c128``, ``random:wav2vec2_tiny``,
-  ``random:wav2vec2_base``) for a randomly initialised architecture.
+  ``save_pretrained`` folder, or ``random:<arch>`` (``random:wav2vec2_tiny_c128``,
+  ``random:wav2vec2_tiny``, ``random:wav2vec2_base``) for a randomly initialised
+  architecture.
 - ``audio_revision``: hub commit hash or branch (``"main"``), ``"sha256:<hex>"`` of a
   local folder's config and weight files, or ``"seed=<n>"`` for random weights.
 - ``visual_backbone``: timm model name (``mobilevit_s``).
@@ -152,15 +153,14 @@ class FeatureSpec:
             raise ValueError(f"FeatureSpec.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         set_(self, "audio_normalize", bool(self.audio_normalize))
         stages = self.visual_stages
-        if isinstance(stages, (str, bytes)) or not isinstance(stages, (list, tuple)):
+        if not isinstance(stages, (list, tuple)):
             raise ValueError(f"FeatureSpec.visual_stages must be a list of stages, got {stages!r}")
-        if any(isinstance(i, bool) or int(i) != i or i < 0 for i in stages) or list(
-            stages
-        ) != sorted(set(stages)):
+        whole = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in stages)
+        if not whole or list(stages) != sorted(set(stages)):
             raise ValueError(
                 f"FeatureSpec.visual_stages must be increasing stage indices, got {list(stages)}"
             )
-        set_(self, "visual_stages", tuple(int(i) for i in stages))
+        set_(self, "visual_stages", tuple(stages))
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"FeatureSpec.precision must be one of {PRECISIONS}, got {self.precision!r}"

@@ -79,9 +79,8 @@ class StagePool(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, stages: Sequence[int]):
         super().__init__()
-        self.stages = check_stages(model, stages)
+        self.stages, self.num_features = check_stages(model, stages)
         self.model = model
-        self.num_features = sum(int(model.feature_info[i]["num_chs"]) for i in self.stages)
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +90,10 @@ class StagePool(torch.nn.Module):
         return torch.cat([m.amax(dim=(2, 3)) for m in maps], dim=1)
 
 
-def check_stages(model: torch.nn.Module, stages: Sequence[int]) -> tuple[int, ...]:
-    """``stages`` as a tuple, or ``ValueError`` unless they are increasing indices into the
-    model's ``feature_info`` (a model without one cannot give stage features)."""
+def check_stages(model: torch.nn.Module, stages: Sequence[int]) -> tuple[tuple[int, ...], int]:
+    """``stages`` as a tuple and the sum of their channels (the features' size), or
+    ``ValueError`` unless they are increasing indices into the model's ``feature_info`` (a
+    model without one cannot give stage features)."""
     info = getattr(model, "feature_info", None)
     name = type(model).__name__
     if not info or not hasattr(model, "forward_intermediates"):
@@ -108,7 +108,7 @@ def check_stages(model: torch.nn.Module, stages: Sequence[int]) -> tuple[int, ..
             f"visual_stages {list(stages)}: expected increasing indices in 0..{len(info) - 1} "
             f"({name}'s stages: {[f['module'] for f in info]})"
         )
-    return stages
+    return stages, sum(int(info[i]["num_chs"]) for i in stages)
 
 
 def _pretrained_id(model: torch.nn.Module, name: str) -> str:
@@ -213,14 +213,11 @@ def visual_spec_fields(
             )
         weights, revision = str(path.resolve()), sha256_files([path])
     meta = _visual_meta(model, revision)
-    dim = meta.num_features
-    if stages:
-        stages = check_stages(model, stages)
-        dim = sum(int(model.feature_info[i]["num_chs"]) for i in stages)
+    stages, dim = check_stages(model, stages) if stages else ((), meta.num_features)
     return {
         "visual_weights": weights,
         "visual_revision": revision,
-        "visual_stages": tuple(int(i) for i in stages),
+        "visual_stages": stages,
         "visual_dim": dim,
         "image_size": int(image_size) if image_size else meta.input_size[-1],
         "mean": meta.mean,

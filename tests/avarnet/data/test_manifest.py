@@ -41,50 +41,28 @@ def test_a_folder_with_its_own_manifest_csv_is_read_from_it(tmp_path):
     manifest's splits and frame intervals instead of walking the folders, which would lose
     both; --format folders still walks."""
     _touch(tmp_path, "Abuse/a1.mp4", "Abuse/a2.mp4", "Normal/n1.mp4", "Normal/n2.mp4")
+    given = {  # video_id: (split, gt_intervals)
+        "Abuse/a1": ("test", [[3, 9]]),
+        "Abuse/a2": ("train", [[0, 4]]),
+        "Normal/n1": ("test", []),
+        "Normal/n2": ("val", []),
+    }
     rows = [
         {
-            "video_id": "Abuse/a1",
-            "path": str(tmp_path / "Abuse/a1.mp4"),
-            "label": "Abuse",
-            "split": "test",
-            "gt_intervals": [[3, 9]],
+            "video_id": vid,
+            "path": str(tmp_path / f"{vid}.mp4"),
+            "label": vid.split("/")[0],
+            "split": split,
+            "gt_intervals": gt,
             "gt_available": True,
-        },
-        {
-            "video_id": "Abuse/a2",
-            "path": str(tmp_path / "Abuse/a2.mp4"),
-            "label": "Abuse",
-            "split": "train",
-            "gt_intervals": [[0, 4]],
-            "gt_available": True,
-        },
-        {
-            "video_id": "Normal/n1",
-            "path": str(tmp_path / "Normal/n1.mp4"),
-            "label": "Normal",
-            "split": "test",
-            "gt_intervals": [],
-            "gt_available": True,
-        },
-        {
-            "video_id": "Normal/n2",
-            "path": str(tmp_path / "Normal/n2.mp4"),
-            "label": "Normal",
-            "split": "val",
-            "gt_intervals": [],
-            "gt_available": True,
-        },
+        }
+        for vid, (split, gt) in given.items()
     ]
     write_manifest_csv(rows, tmp_path / "manifest.csv")
     result = read_manifest(tmp_path)
     assert result.format == "csv" == detect_format(tmp_path)
     got = _by_id(result.rows)
-    assert {k: r["split"] for k, r in got.items()} == {
-        "Abuse/a1": "test",
-        "Abuse/a2": "train",
-        "Normal/n1": "test",
-        "Normal/n2": "val",
-    }
+    assert {k: r["split"] for k, r in got.items()} == {k: v[0] for k, v in given.items()}
     assert got["Abuse/a1"]["gt_intervals"] == [[3, 9]] and got["Normal/n1"]["gt_available"]
     walked = _by_id(read_manifest(tmp_path, format="folders").rows)
     assert sorted(walked) == sorted(got)
